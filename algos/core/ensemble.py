@@ -1,0 +1,422 @@
+"""Ensembles of MLPs as one batched layer, and the dynamics models built from them.
+
+- `EnsembleLinear`: M linear layers in one tensor, weight [M, in, out], one `baddbmm` per call.
+- `EnsembleMLP`: a stack of them; a deterministic head, or a Gaussian head (mean, log-variance)
+  with soft log-variance bounds (MOPO's; learnable or fixed).
+- `Normalizer`: mean / std standardisation, stored as buffers.
+- `DynamicsEnsemble`: the models of the paper. M-hat-theta (eq. 8: deterministic, MSE), the
+  labeler P-hat-phi (eq. 10: Gaussian NLL; its means serve eqs. 9 and 12) and MOPO's model
+  (Gaussian, predicts [delta s, r], learnable bounds, elites). Inputs [s, a] are standardised
+  with statistics of the data it is fitted on (D_all); targets are the standardised state delta
+  (and the standardised reward when `reward_target`).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU}
+
+
+class EnsembleLinear(nn.Module):
+    """M independent affine maps applied with one batched matmul: x [M, N, in] -> [M, N, out]."""
+
+    def __init__(self, members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.members, self.in_dim, self.out_dim = members, in_dim, out_dim
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default (kaiming_uniform with a=sqrt(5)) is U(-1/sqrt(in), 1/sqrt(in))
+        # for both weight and bias; applied to each member.
+        bound = 1.0 / math.sqrt(self.in_dim)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            self.bias.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor, members: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """`members` selects a subset of the weights (a slice or LongTensor over dim 0); x must have
+        that many leading entries. Only the selected members are computed."""
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
+
+    def extra_repr(self) -> str:
+        return f"members={self.members}, in_dim={self.in_dim}, out_dim={self.out_dim}"
+
+
+def soft_clamp_logvar(raw: torch.Tensor, min_logvar: torch.Tensor, max_logvar: torch.Tensor) -> torch.Tensor:
+    """MOPO's soft bounds: differentiable, and inside [min, max] for any raw value."""
+    logvar = max_logvar - F.softplus(max_logvar - raw)
+    return min_logvar + F.softplus(logvar - min_logvar)
+
+
+class EnsembleMLP(nn.Module):
+    """M MLPs sharing a shape. Deterministic: forward -> [M, N, out]. Probabilistic: forward ->
+    (mean [M, N, out], logvar [M, N, out]) with logvar soft-bounded by (min_logvar, max_logvar),
+    vectors of size out shared by the members (as in MOPO); learnable parameters when
+    `learn_logvar_bounds`, fixed buffers otherwise."""
+
+    def __init__(self, members: int, in_dim: int, out_dim: int, hidden: Sequence[int],
+                 activation: str = "relu", probabilistic: bool = False,
+                 learn_logvar_bounds: bool = False, logvar_max_init: float = 0.5,
+                 logvar_min_init: float = -10.0):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.members, self.in_dim, self.out_dim = members, in_dim, out_dim
+        self.probabilistic = probabilistic
+        dims = [in_dim, *hidden, out_dim * (2 if probabilistic else 1)]
+        self.layers = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = ACTIVATIONS[activation]()
+        if probabilistic:
+            max_lv = torch.full((out_dim,), float(logvar_max_init))
+            min_lv = torch.full((out_dim,), float(logvar_min_init))
+            if learn_logvar_bounds:
+                self.max_logvar, self.min_logvar = nn.Parameter(max_lv), nn.Parameter(min_lv)
+            else:
+                self.register_buffer("max_logvar", max_lv)
+                self.register_buffer("min_logvar", min_lv)
+
+    def forward(self, x: torch.Tensor, members: slice | torch.Tensor | None = None):
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x, members))
+        out = self.layers[-1](x, members)
+        if not self.probabilistic:
+            return out
+        mean, raw = out.split(self.out_dim, dim=-1)
+        return mean, soft_clamp_logvar(raw, self.min_logvar, self.max_logvar)
+
+    def weight_decay_penalty(self, weight_decay: float | Sequence[float]) -> torch.Tensor:
+        """sum_l wd_l * ||W_l||^2 / 2 over the weights (not biases) of every member: an L2
+        penalty, per layer when `weight_decay` is a list (MOPO), as tf.nn.l2_loss."""
+        decays = _per_layer(weight_decay, len(self.layers))
+        total = self.layers[0].weight.new_zeros(())
+        for wd, layer in zip(decays, self.layers):
+            if wd:
+                total = total + 0.5 * wd * layer.weight.square().sum()
+        return total
+
+
+def _per_layer(weight_decay: float | Sequence[float], n_layers: int) -> list[float]:
+    if isinstance(weight_decay, (int, float)):
+        return [float(weight_decay)] * n_layers
+    decays = [float(w) for w in weight_decay]
+    if len(decays) != n_layers:
+        raise ValueError(f"weight_decay has {len(decays)} entries for {n_layers} layers")
+    return decays
+
+
+class Normalizer(nn.Module):
+    """x -> (x - mean) / std per dimension; mean and std are buffers (saved with the model).
+    Dimensions whose std is below 1e-6 (constant in the data) keep std = 1, so that they are
+    centred but never blown up."""
+
+    MIN_STD = 1e-6
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        x = x.to(self.mean)
+        self.mean.copy_(x.mean(0))
+        std = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.ones_like(self.std)
+        self.std.copy_(torch.where(std < self.MIN_STD, torch.ones_like(std), std))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+
+class Prediction(NamedTuple):
+    """Model outputs in raw units, one row per member: next_obs [M, N, obs_dim] (the mean),
+    reward [M, N] (None without reward_target), next_obs_std [M, N, obs_dim] and reward_std
+    [M, N] (None for deterministic models). M = 1 for predict(member=int); with a per-sample
+    member tensor the leading member dim is dropped ([N, ...])."""
+    next_obs: torch.Tensor
+    reward: torch.Tensor | None = None
+    next_obs_std: torch.Tensor | None = None
+    reward_std: torch.Tensor | None = None
+
+
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 10 per member, [M]: mean over samples of (mu - y)^T Sigma^-1 (mu - y) + log det Sigma
+    with diagonal Sigma, divided by the output dim D (as MOPO's code: a constant factor, same
+    minimiser, and it keeps NLL, MSE and the penalties on MOPO's scale)."""
+    return ((mean - target).square() * torch.exp(-logvar) + logvar).mean(dim=(1, 2))
+
+
+def _as_tensor(x, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32, device=device)
+
+
+class DynamicsEnsemble(nn.Module):
+    """An ensemble model of s' (and r) given (s, a).
+
+    Inputs [s, a] are standardised (`input_norm`); targets are y = standardise([s' - s, (r)])
+    (`target_norm`). Deterministic members are trained with MSE (eq. 8), probabilistic ones with
+    the Gaussian NLL (eq. 10); both are validated with MSE in the standardised target space."""
+
+    def __init__(self, obs_dim: int, act_dim: int, members: int = 5, hidden: Sequence[int] = (1024, 1024),
+                 probabilistic: bool = False, activation: str = "relu", reward_target: bool = False,
+                 learn_logvar_bounds: bool = False, logvar_max_init: float = 0.5,
+                 logvar_min_init: float = -10.0):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.members = obs_dim, act_dim, members
+        self.probabilistic, self.reward_target = probabilistic, reward_target
+        self.target_dim = obs_dim + (1 if reward_target else 0)
+        self.net = EnsembleMLP(members, obs_dim + act_dim, self.target_dim, list(hidden), activation,
+                               probabilistic, learn_logvar_bounds, logvar_max_init, logvar_min_init)
+        self.input_norm = Normalizer(obs_dim + act_dim)
+        self.target_norm = Normalizer(self.target_dim)
+        self.register_buffer("normalizers_fitted", torch.zeros((), dtype=torch.bool))
+        # Indices of the best members by validation MSE (all members until fit(n_elites=...)).
+        self.register_buffer("elites", torch.arange(members))
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_norm.mean.device
+
+    # ---- training ------------------------------------------------------------------------
+    def _targets(self, obs, next_obs, rew) -> torch.Tensor:
+        delta = next_obs - obs
+        if not self.reward_target:
+            return delta
+        if rew is None:
+            raise ValueError("reward_target=True needs rew")
+        return torch.cat([delta, rew.reshape(-1, 1)], dim=-1)
+
+    def _val_mse(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """Per-member MSE [M] of the (mean) prediction, standardised targets."""
+        total = x.new_zeros(self.members)
+        with torch.no_grad():
+            for i in range(0, x.shape[0], chunk):
+                xb = x[i:i + chunk].expand(self.members, -1, -1)
+                out = self.net(xb)
+                mean = out[0] if self.probabilistic else out
+                total += (mean - y[i:i + chunk]).square().sum(dim=(1, 2))
+        return total / (x.shape[0] * self.target_dim)
+
+    def fit(self, obs, act, next_obs, rew=None, *, lr: float = 1e-3, batch_size: int = 256,
+            holdout: float = 0.15, holdout_max: int | None = None, patience: int = 3,
+            improvement_threshold: float = 0.0, max_epochs: int = 100,
+            weight_decay: float | Sequence[float] = 0.0, bound_penalty: float = 0.0,
+            n_elites: int | None = None, generator: torch.Generator | None = None,
+            progress: bool = False, refit_normalizers: bool = True, bf16: bool = False) -> dict:
+        """Train every member on the same transitions (no bootstrap; each member sees its own
+        shuffled order of the minibatches), with early stopping on a held-out split.
+
+        - holdout: a fraction of the data, capped at `holdout_max` samples (MOPO: min(20 %, 1000)),
+          drawn once from `generator`. With no holdout sample left, validation uses the
+          training data.
+        - Loss per member: MSE (eq. 8) or Gaussian NLL (eq. 10, see `gaussian_nll`); the members'
+          losses are summed (independent gradients), plus the L2 weight penalty (`weight_decay`,
+          one float or one per layer) and, for probabilistic models,
+          `bound_penalty * (sum max_logvar - sum min_logvar)` (MOPO: 0.01).
+        - Early stopping: member m improves in an epoch when its validation MSE drops below
+          best_m * (1 - improvement_threshold); training stops after `patience` epochs in which no
+          member improved, or after `max_epochs`. Each member is then restored to its own best
+          weights (the validation loss before the first epoch counts: a warm-started member that
+          never improves keeps its old weights). Shared log-variance bounds are restored to their
+          value at the last epoch in which any member improved.
+        - Warm start: calling fit again continues from the current weights with a fresh Adam.
+          With `refit_normalizers` (default) the standardisation is refitted on the new data, so
+          the inputs the old weights see shift slightly (D_all grows by one batch, the shift is
+          small and corrected by the first epochs); `refit_normalizers=False` keeps the old
+          statistics (the first fit always fits them).
+        - bf16: autocast the forward/backward passes to bfloat16 on CPU (faster on CPUs with
+          AVX512-BF16; validation stays float32). Off by default.
+        - n_elites: sets `self.elites` to the n members with the lowest best validation MSE.
+
+        Returns {"epochs", "best_val" [M], "best_epoch" [M], "val_loss" [epochs+1][M],
+        "train_loss" [epochs], "elites", "n_train", "n_holdout"}.
+        """
+        dev = self.device
+        obs, act, next_obs = (_as_tensor(v, dev) for v in (obs, act, next_obs))
+        rew = None if rew is None else _as_tensor(rew, dev)
+        x_raw = torch.cat([obs, act], dim=-1)
+        y_raw = self._targets(obs, next_obs, rew)
+        n = x_raw.shape[0]
+
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        perm = torch.randperm(n, generator=generator, device=gen_device).to(dev)
+        n_hold = int(holdout * n)
+        if holdout_max is not None:
+            n_hold = min(n_hold, int(holdout_max))
+        n_hold = min(n_hold, n - 1)
+        train_idx, hold_idx = perm[n_hold:], perm[:n_hold]
+
+        if refit_normalizers or not bool(self.normalizers_fitted):
+            self.input_norm.fit(x_raw)
+            self.target_norm.fit(y_raw)
+            self.normalizers_fitted.fill_(True)
+        x = self.input_norm.normalize(x_raw)
+        y = self.target_norm.normalize(y_raw)
+        x_train, y_train = x[train_idx].contiguous(), y[train_idx].contiguous()
+        x_val, y_val = (x[hold_idx], y[hold_idx]) if n_hold > 0 else (x_train, y_train)
+        n_train, M = x_train.shape[0], self.members
+
+        decays = _per_layer(weight_decay, len(self.net.layers))
+        bounds = [p for p in (getattr(self.net, "max_logvar", None), getattr(self.net, "min_logvar", None))
+                  if isinstance(p, nn.Parameter)]
+        optim = _adam(list(self.parameters()), lr)
+        member_params = [p for p in self.net.layers.parameters()]
+
+        best = self._val_mse(x_val, y_val)
+        best_epoch = [0] * M
+        snapshot = [p.detach().clone() for p in member_params]
+        bound_snapshot = [p.detach().clone() for p in bounds]
+        history = {"val_loss": [best.tolist()], "train_loss": []}
+        stale, epoch = 0, 0
+        self.train()
+        for epoch in range(1, max_epochs + 1):
+            # One shuffled order per member: [M, n_train] indices, drawn on the generator's device.
+            order = torch.argsort(torch.rand(M, n_train, generator=generator, device=gen_device), dim=1).to(dev)
+            epoch_loss = x.new_zeros(())
+            steps = 0
+            for start in range(0, n_train, batch_size):
+                idx = order[:, start:start + batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = self.net(xb)
+                if self.probabilistic:
+                    data_loss = gaussian_nll(out[0].float(), out[1].float(), yb)
+                else:
+                    data_loss = (out.float() - yb).square().mean(dim=(1, 2))
+                loss = data_loss.sum()
+                if any(decays):
+                    loss = loss + self.net.weight_decay_penalty(decays)
+                if self.probabilistic and bound_penalty:
+                    loss = loss + bound_penalty * (self.net.max_logvar.sum() - self.net.min_logvar.sum())
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                epoch_loss += data_loss.detach().mean()
+                steps += 1
+            mean_loss = (epoch_loss / steps).item()
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"non-finite training loss {mean_loss} in epoch {epoch} "
+                                         f"(phase=model, {'NLL' if self.probabilistic else 'MSE'})")
+            history["train_loss"].append(mean_loss)
+
+            val = self._val_mse(x_val, y_val)
+            history["val_loss"].append(val.tolist())
+            improved = val < best * (1.0 - improvement_threshold)
+            if bool(improved.any()):
+                best = torch.where(improved, val, best)
+                with torch.no_grad():
+                    for p, s in zip(member_params, snapshot):
+                        s[improved] = p[improved]
+                    for p, s in zip(bounds, bound_snapshot):
+                        s.copy_(p)
+                for m in improved.nonzero().flatten().tolist():
+                    best_epoch[m] = epoch
+                stale = 0
+            else:
+                stale += 1
+            if progress:
+                print(f"[model] epoch {epoch} train {mean_loss:.5f} val {[round(v, 5) for v in val.tolist()]}")
+            if stale >= patience:
+                break
+
+        with torch.no_grad():
+            for p, s in zip(member_params, snapshot):
+                p.copy_(s)
+            for p, s in zip(bounds, bound_snapshot):
+                p.copy_(s)
+        self.eval()
+        if n_elites is not None:
+            self.elites = torch.argsort(best)[:n_elites].to(self.elites.device)
+        return {"epochs": epoch, "best_val": best.tolist(), "best_epoch": best_epoch,
+                "val_loss": history["val_loss"], "train_loss": history["train_loss"],
+                "elites": self.elites.tolist(), "n_train": n_train, "n_holdout": n_hold}
+
+    # ---- prediction ----------------------------------------------------------------------
+    def _forward_members(self, x: torch.Tensor, members) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Standardised outputs for standardised inputs x [m, N, in] of the selected members."""
+        out = self.net(x, members)
+        return (out[0], out[1]) if self.probabilistic else (out, None)
+
+    def _to_prediction(self, obs: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor | None) -> Prediction:
+        raw = self.target_norm.denormalize(mean)
+        next_obs = obs + raw[..., :self.obs_dim]
+        reward = raw[..., self.obs_dim] if self.reward_target else None
+        if logvar is None:
+            return Prediction(next_obs, reward)
+        std = torch.exp(0.5 * logvar) * self.target_norm.std
+        return Prediction(next_obs, reward, std[..., :self.obs_dim],
+                          std[..., self.obs_dim] if self.reward_target else None)
+
+    @torch.no_grad()
+    def predict(self, obs, act, member: int | torch.Tensor | None = None) -> Prediction:
+        """Next-state means (and reward, std) in raw units.
+
+        member=None: all members, [M, N, ...]. member=int: only that member is computed (a slice
+        of the weights), [1, N, ...]. member=LongTensor [N]: sample n uses member[n]; each member
+        runs only on its own samples; [N, ...]."""
+        dev = self.device
+        obs, act = _as_tensor(obs, dev), _as_tensor(act, dev)
+        x = self.input_norm.normalize(torch.cat([obs, act], dim=-1))
+        if member is None:
+            mean, logvar = self._forward_members(x.expand(self.members, -1, -1), None)
+            return self._to_prediction(obs, mean, logvar)
+        if isinstance(member, (int, np.integer)):
+            m = int(member)
+            if not -self.members <= m < self.members:
+                raise IndexError(f"member {m} out of range for {self.members} members")
+            m %= self.members
+            mean, logvar = self._forward_members(x.unsqueeze(0), slice(m, m + 1))
+            return self._to_prediction(obs, mean, logvar)
+        member = torch.as_tensor(member, device=dev).long()
+        if member.shape != (x.shape[0],):
+            raise ValueError(f"per-sample member must have shape [{x.shape[0]}], got {tuple(member.shape)}")
+        mean = x.new_empty(x.shape[0], self.target_dim)
+        logvar = x.new_empty(x.shape[0], self.target_dim) if self.probabilistic else None
+        for m in torch.unique(member).tolist():
+            sel = (member == m).nonzero().flatten()
+            mu, lv = self._forward_members(x[sel].unsqueeze(0), slice(m, m + 1))
+            mean[sel] = mu[0]
+            if logvar is not None:
+                logvar[sel] = lv[0]
+        return self._to_prediction(obs, mean, logvar)
+
+    @torch.no_grad()
+    def predict_trajectory(self, obs0, actions, member: str | int = "mean") -> torch.Tensor:
+        """Open-loop replay (Fig. 6): from obs0 [N, obs_dim], feed the recorded actions
+        [N, T, act_dim] and the model's own predictions back in. Returns the predicted states
+        s_1..s_T, [N, T, obs_dim]. member="mean": the ensemble mean next state at every step;
+        an int: that member alone."""
+        dev = self.device
+        obs = _as_tensor(obs0, dev)
+        actions = _as_tensor(actions, dev)
+        out = []
+        for t in range(actions.shape[1]):
+            if member == "mean":
+                obs = self.predict(obs, actions[:, t]).next_obs.mean(0)
+            elif isinstance(member, (int, np.integer)):
+                obs = self.predict(obs, actions[:, t], member=int(member)).next_obs[0]
+            else:
+                raise ValueError(f"member must be 'mean' or an int, got {member!r}")
+            out.append(obs)
+        return torch.stack(out, dim=1)
+
+
+def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Adam with the fused kernel when the device supports it (one kernel for all parameters;
+    no per-parameter Python loop), else the foreach implementation."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)

@@ -1,0 +1,218 @@
+"""Soft actor-critic (Haarnoja et al. 2018, with the learned temperature of Haarnoja et al.
+2018b), in the form MOPO's code runs it (softlearning, TF1): a tanh-squashed Gaussian policy,
+twin Q networks with Polyak-averaged target copies, and a temperature alpha learned against a
+target entropy. This module only sees batches of tensors; which data it sees (real, model or
+a mix) is the caller's business (algos/mopo.py).
+
+One update follows softlearning's single `session.run` of the Q, policy and alpha train ops:
+all three losses are computed from the parameters *before* the step, then all parameters
+step together, then the targets move by tau. That lets the three losses share one backward
+pass: the policy loss reads the twin Q through detached weights, so its gradient reaches the
+actor only (through the action), and the critic gets gradient from the Bellman loss only.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# softlearning's GaussianPolicy clips the log-std of the pre-tanh Gaussian to this range.
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+_LOG_2 = math.log(2.0)
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _glorot_(weight: torch.Tensor, fan_in: int, fan_out: int, generator: torch.Generator | None) -> None:
+    """Glorot-uniform weights (Keras' Dense default, which softlearning's nets use); biases are 0."""
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    nn.init.uniform_(weight, -bound, bound, generator=generator)
+
+
+class TanhGaussianActor(nn.Module):
+    """pi(a|s): u ~ N(mu(s), sigma(s)^2), a = tanh(u); one MLP head gives [mu, log sigma]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], generator: torch.Generator | None = None):
+        super().__init__()
+        sizes = [obs_dim, *hidden, 2 * act_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        with torch.no_grad():
+            for layer in self.layers:
+                _glorot_(layer.weight, layer.in_features, layer.out_features, generator)
+                layer.bias.zero_()
+        self.act_dim = act_dim
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = obs
+        for layer in self.layers[:-1]:
+            h = F.relu(layer(h))
+        mean, log_std = self.layers[-1](h).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(obs)[0])
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised a = tanh(mu + sigma * eps) and log pi(a|s) with the tanh Jacobian."""
+        mean, log_std = self(obs)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        u = mean + log_std.exp() * eps
+        log_prob_u = (-0.5 * eps.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|
+        log_det = (2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))).sum(-1)
+        return torch.tanh(u), log_prob_u - log_det
+
+
+class TwinQ(nn.Module):
+    """Both Q networks as one batched MLP: weights [2, in, out], so one bmm serves both."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], members: int = 2,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        sizes = [obs_dim + act_dim, *hidden, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, o in zip(sizes[:-1], sizes[1:]):
+            w = torch.empty(members, i, o)
+            _glorot_(w, i, o, generator)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(members, 1, o)))
+        self.members = members
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """Q_i(s, a) for every member: [members, N]. `detach_params` lets a loss differentiate
+        through the input action without touching the critic's weights (the policy loss)."""
+        x = torch.cat([obs, act], dim=-1)
+        h = x.unsqueeze(0).expand(self.members, *x.shape)
+        last = len(self.weights) - 1
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if detach_params:
+                w, b = w.detach(), b.detach()
+            h = torch.baddbmm(b, h, w)
+            if k < last:
+                h = F.relu(h)
+        return h.squeeze(-1)
+
+
+class SAC:
+    """The agent: `update(batch)` is one gradient step; `numpy_policy` hands the collector and
+    the evaluator a frozen copy of the actor."""
+
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden: Sequence[int], lr: float, tau: float,
+                 gamma: float, batch_size: int, target_entropy: float, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None):
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.hidden = list(hidden)
+        self.tau, self.gamma, self.batch_size = float(tau), float(gamma), int(batch_size)
+        self.target_entropy = float(target_entropy)
+        self.device = torch.device(device)
+        # Sampling noise of the updates; a caller may swap it per phase (seeding.rngs).
+        self.generator = generator
+        init_gen = None
+        if generator is not None:  # parameter init drawn from the caller's stream, on the cpu
+            init_gen = torch.Generator().manual_seed(int(torch.randint(
+                2**62, (1,), generator=generator, device=generator.device).item()))
+        self.actor = TanhGaussianActor(obs_dim, act_dim, self.hidden, init_gen).to(self.device)
+        self.critic = TwinQ(obs_dim, act_dim, self.hidden, generator=init_gen).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # softlearning starts from log alpha = 0 (alpha = 1)
+        self.log_alpha = torch.zeros((), device=self.device, requires_grad=True)
+        # Policy, Q and alpha share MOPO's single lr, and Adam is per-parameter, so one Adam
+        # over all three equals softlearning's three optimizers (and costs one step call).
+        self.optimizer = torch.optim.Adam(
+            [*self.actor.parameters(), *self.critic.parameters(), self.log_alpha], lr=lr)
+        self.updates = 0
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One SAC gradient step on a batch of obs, act, rew, next_obs, terminated."""
+        obs, act, next_obs = batch["obs"], batch["act"], batch["next_obs"]
+        rew = batch["rew"].reshape(-1).to(obs.dtype)
+        not_done = 1.0 - batch["terminated"].reshape(-1).to(obs.dtype)
+        alpha = self.log_alpha.detach().exp()
+
+        # Bellman target with the twin-Q minimum of the target networks (clipped double Q)
+        with torch.no_grad():
+            next_act, next_logp = self.actor.sample(next_obs, self.generator)
+            next_q = self.critic_target(next_obs, next_act).min(dim=0).values
+            target = rew + self.gamma * not_done * (next_q - alpha * next_logp)
+        q = self.critic(obs, act)
+        q_loss = 0.5 * (q - target).pow(2).mean(dim=1).sum()  # 0.5 MSE per Q net, as softlearning
+
+        # policy: E[alpha log pi(a|s) - min_i Q_i(s, a)], a ~ pi (reparameterised)
+        pi_act, logp = self.actor.sample(obs, self.generator)
+        q_pi = self.critic(obs, pi_act, detach_params=True).min(dim=0).values
+        policy_loss = (alpha * logp - q_pi).mean()
+
+        # temperature: alpha falls while the entropy -log pi exceeds the target, rises below it
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+
+        stats = torch.stack([q_loss, policy_loss, alpha_loss, q.detach().mean(), -logp.detach().mean()])
+        values = stats.tolist()  # one host sync for the guard and the log
+        if not all(math.isfinite(v) for v in values):
+            raise FloatingPointError(
+                f"SAC update {self.updates}: non-finite loss in phase=policy "
+                f"(q_loss={values[0]}, policy_loss={values[1]}, alpha_loss={values[2]}); "
+                "check the batch (model rollouts) for NaN/inf or exploding rewards")
+        self.optimizer.zero_grad(set_to_none=True)
+        (q_loss + policy_loss + alpha_loss).backward()
+        self.optimizer.step()
+        self.soft_update_targets()
+        self.updates += 1
+        return {"q_loss": values[0], "policy_loss": values[1], "alpha_loss": values[2],
+                "q_mean": values[3], "entropy": values[4], "alpha": float(alpha)}
+
+    @torch.no_grad()
+    def soft_update_targets(self) -> None:
+        """Polyak averaging: theta_target <- (1 - tau) theta_target + tau theta."""
+        for p_target, p in zip(self.critic_target.parameters(), self.critic.parameters()):
+            p_target.lerp_(p, self.tau)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool, generator: torch.Generator | None = None) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        if deterministic:
+            a = self.actor.mean_action(x)
+        else:
+            a = self.actor.sample(x, generator if generator is not None else self.generator)[0]
+        return a.cpu().numpy()
+
+    def numpy_policy(self, deterministic: bool, seed: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """obs [n, obs_dim] -> actions [n, act_dim] (float32 numpy), from a frozen copy of the
+        actor, so later training does not change a policy already handed out."""
+        actor = copy.deepcopy(self.actor).eval().requires_grad_(False)
+        device = self.device
+        gen = None
+        if not deterministic:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(int(seed) if seed is not None else 0)
+
+        @torch.inference_mode()
+        def policy(obs: np.ndarray) -> np.ndarray:
+            x = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)
+            a = actor.mean_action(x) if deterministic else actor.sample(x, gen)[0]
+            return a.cpu().numpy().astype(np.float32, copy=False)
+
+        return policy
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(),
+                "log_alpha": self.log_alpha.detach().clone(),
+                "optimizer": self.optimizer.state_dict(), "updates": int(self.updates)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.actor.load_state_dict(d["actor"])
+        self.critic.load_state_dict(d["critic"])
+        self.critic_target.load_state_dict(d["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(d["log_alpha"])
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.updates = int(d["updates"])
