@@ -22,8 +22,9 @@ BUDGETS = ("500k", "250k")
 CHOICES = {
     "start_states": ("episode_starts", "all_states"),
     "trpo.baseline": ("linear", "mlp"),
-    "trpo.member_choice": ("per_step", "per_rollout"),
-    "musbo.label_reading": ("max_error", "min_label"),
+    "musbo.member_choice": ("per_iteration", "per_step", "per_rollout"),
+    "bremen.member_choice": ("per_iteration", "per_step", "per_rollout"),
+    "musbo.label_reading": ("max_error", "max_label"),
     "musbo.label_space": ("raw", "normalized"),
     "musbo.exploration_noise": ("eq22", "one_minus_u", "none"),
     "mopo.penalty": ("max_std_norm", "frobenius"),

@@ -224,7 +224,9 @@ def run(cfg: dict, out: Path) -> None:
                             seed=stream_seed(cfg["seed"], "collect", deployment),
                             max_episode_steps=cfg["max_episode_steps"], progress=sys.stderr.isatty())
             shas.append(save_batch(out / "batches" / f"deployment_{deployment}.npz", batch))
-            dataset.add(batch, None)
+        label_batch = getattr(algo, "label_batch", None)  # MUSBO's eq. 9, fixed on arrival
+        with timer("labeler"):
+            dataset.add(batch, label_batch(batch, deployment) if label_batch else None)
         algo.train(dataset, deployment, timer)
         with timer("eval"):
             episodes, model_row = evaluate(cfg, algo, deployment)

@@ -53,7 +53,8 @@ class EnsembleLinear(nn.Module):
 
 
 def soft_clamp_logvar(raw: torch.Tensor, min_logvar: torch.Tensor, max_logvar: torch.Tensor) -> torch.Tensor:
-    """MOPO's soft bounds: differentiable, and inside [min, max] for any raw value."""
+    """MOPO's soft bounds: differentiable, monotone in raw, and inside [min, max + log(1 + e^(min-max))]
+    for any raw value (the outer softplus may overshoot max by that tiny amount)."""
     logvar = max_logvar - F.softplus(max_logvar - raw)
     return min_logvar + F.softplus(logvar - min_logvar)
 
@@ -241,7 +242,8 @@ class DynamicsEnsemble(nn.Module):
         - n_elites: sets `self.elites` to the n members with the lowest best validation MSE.
 
         Returns {"epochs", "best_val" [M], "best_epoch" [M], "val_loss" [epochs+1][M],
-        "train_loss" [epochs], "elites", "n_train", "n_holdout"}.
+        "train_loss" [epochs], "elites", "n_train", "n_holdout", "holdout_idx" (numpy, indices
+        into the data given)}.
         """
         dev = self.device
         obs, act, next_obs = (_as_tensor(v, dev) for v in (obs, act, next_obs))
@@ -341,7 +343,8 @@ class DynamicsEnsemble(nn.Module):
             self.elites = torch.argsort(best)[:n_elites].to(self.elites.device)
         return {"epochs": epoch, "best_val": best.tolist(), "best_epoch": best_epoch,
                 "val_loss": history["val_loss"], "train_loss": history["train_loss"],
-                "elites": self.elites.tolist(), "n_train": n_train, "n_holdout": n_hold}
+                "elites": self.elites.tolist(), "n_train": n_train, "n_holdout": n_hold,
+                "holdout_idx": hold_idx.cpu().numpy()}
 
     # ---- prediction ----------------------------------------------------------------------
     def _forward_members(self, x: torch.Tensor, members) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from algos.core.ensemble import EnsembleLinear
+
 # softlearning's GaussianPolicy clips the log-std of the pre-tanh Gaussian to this range.
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 _LOG_2 = math.log(2.0)
@@ -68,19 +70,18 @@ class TanhGaussianActor(nn.Module):
 
 
 class TwinQ(nn.Module):
-    """Both Q networks as one batched MLP: weights [2, in, out], so one bmm serves both."""
+    """Both Q networks as one ensemble MLP (the core's `EnsembleLinear`, weights [2, in, out]),
+    so one batched matmul per layer serves both."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], members: int = 2,
                  generator: torch.Generator | None = None):
         super().__init__()
         sizes = [obs_dim + act_dim, *hidden, 1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for i, o in zip(sizes[:-1], sizes[1:]):
-            w = torch.empty(members, i, o)
-            _glorot_(w, i, o, generator)
-            self.weights.append(nn.Parameter(w))
-            self.biases.append(nn.Parameter(torch.zeros(members, 1, o)))
+        self.layers = nn.ModuleList(EnsembleLinear(members, i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        with torch.no_grad():
+            for layer in self.layers:
+                _glorot_(layer.weight, layer.in_dim, layer.out_dim, generator)
+                layer.bias.zero_()
         self.members = members
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
@@ -88,11 +89,12 @@ class TwinQ(nn.Module):
         through the input action without touching the critic's weights (the policy loss)."""
         x = torch.cat([obs, act], dim=-1)
         h = x.unsqueeze(0).expand(self.members, *x.shape)
-        last = len(self.weights) - 1
-        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+        last = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
             if detach_params:
-                w, b = w.detach(), b.detach()
-            h = torch.baddbmm(b, h, w)
+                h = torch.baddbmm(layer.bias.detach(), h, layer.weight.detach())
+            else:
+                h = layer(h)
             if k < last:
                 h = F.relu(h)
         return h.squeeze(-1)
@@ -131,43 +133,49 @@ class SAC:
     def alpha(self) -> float:
         return float(self.log_alpha.detach().exp())
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One SAC gradient step on a batch of obs, act, rew, next_obs, terminated."""
-        obs, act, next_obs = batch["obs"], batch["act"], batch["next_obs"]
-        rew = batch["rew"].reshape(-1).to(obs.dtype)
-        not_done = 1.0 - batch["terminated"].reshape(-1).to(obs.dtype)
-        alpha = self.log_alpha.detach().exp()
+    @torch.no_grad()
+    def td_target(self, rew: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
+        """y = r + gamma (1 - d) (min_i Q'_i(s', a') - alpha log pi(a'|s')), a' ~ pi(s'): the
+        Bellman target with the twin-Q minimum of the target networks (clipped double Q)."""
+        alpha = self.log_alpha.exp()
+        next_act, next_logp = self.actor.sample(next_obs, self.generator)
+        next_q = self.critic_target(next_obs, next_act).min(dim=0).values
+        not_done = 1.0 - terminated.reshape(-1).to(next_q.dtype)
+        return rew.reshape(-1).to(next_q.dtype) + self.gamma * not_done * (next_q - alpha * next_logp)
 
-        # Bellman target with the twin-Q minimum of the target networks (clipped double Q)
-        with torch.no_grad():
-            next_act, next_logp = self.actor.sample(next_obs, self.generator)
-            next_q = self.critic_target(next_obs, next_act).min(dim=0).values
-            target = rew + self.gamma * not_done * (next_q - alpha * next_logp)
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The three SAC losses from the current parameters (softlearning's single graph)."""
+        obs, act = batch["obs"], batch["act"]
+        alpha = self.log_alpha.detach().exp()
+        target = self.td_target(batch["rew"], batch["next_obs"], batch["terminated"])
         q = self.critic(obs, act)
         q_loss = 0.5 * (q - target).pow(2).mean(dim=1).sum()  # 0.5 MSE per Q net, as softlearning
-
-        # policy: E[alpha log pi(a|s) - min_i Q_i(s, a)], a ~ pi (reparameterised)
+        # policy: E[alpha log pi(a|s) - min_i Q_i(s, a)], a ~ pi reparameterised; the critic's
+        # weights are detached here, so this gradient reaches the actor only
         pi_act, logp = self.actor.sample(obs, self.generator)
         q_pi = self.critic(obs, pi_act, detach_params=True).min(dim=0).values
         policy_loss = (alpha * logp - q_pi).mean()
-
         # temperature: alpha falls while the entropy -log pi exceeds the target, rises below it
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        return {"q_loss": q_loss, "policy_loss": policy_loss, "alpha_loss": alpha_loss,
+                "q_mean": q.detach().mean(), "entropy": -logp.detach().mean()}
 
-        stats = torch.stack([q_loss, policy_loss, alpha_loss, q.detach().mean(), -logp.detach().mean()])
-        values = stats.tolist()  # one host sync for the guard and the log
-        if not all(math.isfinite(v) for v in values):
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One SAC gradient step on a batch of obs, act, rew, next_obs, terminated: all three
+        losses from the pre-step parameters, one backward, one Adam step, then Polyak."""
+        alpha = self.alpha
+        losses = self.losses(batch)
+        values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # one host sync
+        if not all(math.isfinite(v) for v in values.values()):
             raise FloatingPointError(
-                f"SAC update {self.updates}: non-finite loss in phase=policy "
-                f"(q_loss={values[0]}, policy_loss={values[1]}, alpha_loss={values[2]}); "
+                f"SAC update {self.updates}: non-finite loss in phase=policy ({values}); "
                 "check the batch (model rollouts) for NaN/inf or exploding rewards")
         self.optimizer.zero_grad(set_to_none=True)
-        (q_loss + policy_loss + alpha_loss).backward()
+        (losses["q_loss"] + losses["policy_loss"] + losses["alpha_loss"]).backward()
         self.optimizer.step()
         self.soft_update_targets()
         self.updates += 1
-        return {"q_loss": values[0], "policy_loss": values[1], "alpha_loss": values[2],
-                "q_mean": values[3], "entropy": values[4], "alpha": float(alpha)}
+        return {**values, "alpha": alpha}
 
     @torch.no_grad()
     def soft_update_targets(self) -> None:
@@ -185,20 +193,27 @@ class SAC:
         return a.cpu().numpy()
 
     def numpy_policy(self, deterministic: bool, seed: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-        """obs [n, obs_dim] -> actions [n, act_dim] (float32 numpy), from a frozen copy of the
-        actor, so later training does not change a policy already handed out."""
-        actor = copy.deepcopy(self.actor).eval().requires_grad_(False)
-        device = self.device
-        gen = None
-        if not deterministic:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(int(seed) if seed is not None else 0)
+        """obs [n, obs_dim] -> actions [n, act_dim] (float32 numpy): tanh(mu(s)) when
+        deterministic, else tanh(mu + sigma * eps) with eps from numpy's generator for `seed`.
+        It runs a numpy copy of the actor's weights: the collector calls it once per env step
+        with one observation, where torch's per-call overhead costs more than the matmuls; and
+        a copy is frozen, so later training does not change a policy already handed out."""
+        layers = [(layer.weight.detach().cpu().numpy().T.copy(), layer.bias.detach().cpu().numpy().copy())
+                  for layer in self.actor.layers]
+        act_dim = self.act_dim
+        rng = None if deterministic else np.random.default_rng(0 if seed is None else int(seed))
 
-        @torch.inference_mode()
         def policy(obs: np.ndarray) -> np.ndarray:
-            x = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)
-            a = actor.mean_action(x) if deterministic else actor.sample(x, gen)[0]
-            return a.cpu().numpy().astype(np.float32, copy=False)
+            h = np.asarray(obs, dtype=np.float32)
+            for w, b in layers[:-1]:
+                h = np.maximum(h @ w + b, 0.0)
+            w, b = layers[-1]
+            out = h @ w + b
+            mean = out[..., :act_dim]
+            if deterministic:
+                return np.tanh(mean)
+            log_std = np.clip(out[..., act_dim:], LOG_STD_MIN, LOG_STD_MAX)
+            return np.tanh(mean + np.exp(log_std) * rng.standard_normal(mean.shape, dtype=np.float32))
 
         return policy
 
@@ -216,3 +231,69 @@ class SAC:
             self.log_alpha.copy_(d["log_alpha"])
         self.optimizer.load_state_dict(d["optimizer"])
         self.updates = int(d["updates"])
+
+
+TRANSITION_KEYS = ("obs", "act", "rew", "next_obs", "terminated")
+
+
+class ReplayBuffer:
+    """A FIFO of transitions held as tensors on one device; when full, the oldest rows are
+    overwritten (softlearning's SimpleReplayPool). `terminated` is stored as a float 0/1."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str = "cpu"):
+        self.capacity = int(capacity)
+        if self.capacity < 1:
+            raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
+        dev = torch.device(device)
+        self.data = {"obs": torch.empty(self.capacity, obs_dim, device=dev),
+                     "act": torch.empty(self.capacity, act_dim, device=dev),
+                     "rew": torch.empty(self.capacity, device=dev),
+                     "next_obs": torch.empty(self.capacity, obs_dim, device=dev),
+                     "terminated": torch.empty(self.capacity, device=dev)}
+        self.size, self.cursor = 0, 0
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, device: torch.device | str = "cpu") -> "ReplayBuffer":
+        """A full buffer holding exactly these transitions (numpy or torch), e.g. D_all."""
+        n, obs_dim = np.shape(arrays["obs"])
+        buf = cls(n, obs_dim, np.shape(arrays["act"])[1], device)
+        buf.add(arrays)
+        return buf
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, batch: dict) -> None:
+        dev = self.data["obs"].device
+        rows = {k: torch.as_tensor(np.asarray(batch[k]) if not torch.is_tensor(batch[k]) else batch[k],
+                                   device=dev).to(torch.float32).reshape(-1, *self.data[k].shape[1:])
+                for k in TRANSITION_KEYS}
+        n = rows["obs"].shape[0]
+        if n > self.capacity:  # only the newest `capacity` rows survive anyway
+            rows = {k: v[n - self.capacity:] for k, v in rows.items()}
+            n = self.capacity
+        idx = (self.cursor + torch.arange(n, device=dev)) % self.capacity
+        for k, v in rows.items():
+            self.data[k][idx] = v
+        self.cursor = (self.cursor + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """n rows drawn uniformly with replacement."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        idx = torch.randint(self.size, (n,), generator=generator, device=gen_device).to(self.data["obs"].device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+
+def mixed_batch(real: ReplayBuffer, model: ReplayBuffer, batch_size: int, real_ratio: float,
+                generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """One SAC batch: int(batch_size * real_ratio) real rows, the rest model rows (as MBPO's
+    and MOPO's code split it: env_batch_size = int(batch_size * real_ratio))."""
+    n_real = int(batch_size * real_ratio)
+    n_model = batch_size - n_real
+    parts = [buf.sample(n, generator) for buf, n in ((real, n_real), (model, n_model)) if n > 0]
+    if len(parts) == 1:
+        return parts[0]
+    return {k: torch.cat([p[k] for p in parts]) for k in TRANSITION_KEYS}

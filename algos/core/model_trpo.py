@@ -1,0 +1,87 @@
+"""What MUSBO and BREMEN share between two deployments: the dynamics ensemble trained on
+D_all, behaviour cloning, and TRPO on imagined rollouts. Each step reads its sizes from the
+resolved run config; the algorithm files decide the weights, the data and the member choice."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from algos.core.bc import weighted_bc
+from algos.core.ensemble import DynamicsEnsemble
+from algos.core.policy import GaussianPolicy
+from algos.core.rollouts import imagine
+from algos.core.trpo import make_baseline, policy_update
+
+
+def make_ensemble(section: dict, obs_dim: int, act_dim: int, device, probabilistic: bool) -> DynamicsEnsemble:
+    """M-hat-theta (deterministic, eq. 8) or the labeler P-hat-phi (probabilistic, eq. 10)."""
+    return DynamicsEnsemble(obs_dim, act_dim, members=section["members"], hidden=section["hidden"],
+                            probabilistic=probabilistic).to(device)
+
+
+def fit_ensemble(model: DynamicsEnsemble, data: dict, section: dict, generator: torch.Generator,
+                 weight_decay: float = 0.0) -> dict:
+    """The 85/15 split and early stopping of appendix F; returns fit statistics."""
+    return model.fit(data["obs"], data["act"], data["next_obs"], lr=section["lr"], batch_size=section["batch_size"],
+                     holdout=section["holdout"], patience=section["patience"], max_epochs=section["max_epochs"],
+                     weight_decay=weight_decay, generator=generator, progress=sys.stderr.isatty())
+
+
+def make_policy(cfg: dict, obs_dim: int, act_dim: int, device) -> GaussianPolicy:
+    p = cfg["policy"]
+    return GaussianPolicy(obs_dim, act_dim, hidden=p["hidden"], init_log_std=p["init_log_std"],
+                          min_log_std=p["min_log_std"]).to(device)
+
+
+def clone_policy(policy: GaussianPolicy, data: dict, weights: np.ndarray, cfg: dict,
+                 generator: torch.Generator) -> dict:
+    """Eq. 11: weighted behaviour cloning (weights of 1 give plain BC)."""
+    b = cfg["bc"]
+    return weighted_bc(policy, data["obs"], data["act"], weights, lr=b["lr"], batch_size=b["batch_size"],
+                       holdout=b["holdout"], patience=b["patience"], max_epochs=b["max_epochs"],
+                       generator=generator, progress=sys.stderr.isatty())
+
+
+def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_states: np.ndarray,
+                   obs_range: tuple[np.ndarray, np.ndarray], cfg: dict, member_choice: str,
+                   generator: torch.Generator, label_fn: Callable | None = None) -> dict:
+    """L TRPO iterations (Table 2) on imagined rollouts from the recorded start states.
+
+    member_choice: "per_iteration" (one member of M-hat-theta per iteration, MUSBO's text),
+    "per_step" (one member per step for all rollouts, BREMEN's code) or "per_rollout".
+    label_fn(s, a) -> U-hat [N] weighs each imagined sample in the surrogate (eqs. 12-13);
+    None gives plain TRPO."""
+    t = cfg["trpo"]
+    device = policy.log_std.device
+    baseline = make_baseline(t["baseline"], policy.obs_dim, t).to(device)
+    starts = torch.as_tensor(start_states, dtype=torch.float32, device=device)
+    n_rollouts = max(1, t["transitions_per_iteration"] // t["rollout_length"])
+    clip = tuple(torch.as_tensor(b, device=device) for b in obs_range) if t["clip_predictions"] else None
+    gen_device = generator.device
+    history = []
+    bar = tqdm(range(t["iterations"]), desc="trpo", disable=not sys.stderr.isatty(), leave=False)
+    t0 = time.perf_counter()
+    for _ in bar:
+        idx = torch.randint(len(starts), (n_rollouts,), generator=generator, device=gen_device).to(device)
+        if member_choice == "per_iteration":
+            members, choice = [int(torch.randint(dynamics.members, (1,), generator=generator, device=gen_device))], "per_step"
+        else:
+            members, choice = None, member_choice
+        rollout = imagine(dynamics, policy.sample, starts[idx], t["rollout_length"], cfg["env"], generator,
+                          member_choice=choice, members=members, label_fn=label_fn, clip_obs=clip)
+        weights = rollout["labels"] if label_fn is not None else None
+        stats = policy_update(policy, baseline, rollout, weights, gamma=cfg["gamma"], lam=t["gae_lambda"],
+                              normalize_advantages=t["normalize_advantages"], delta=t["delta"],
+                              cg_iters=t["cg_iters"], cg_damping=t["cg_damping"],
+                              line_search_steps=t["line_search_steps"], line_search_decay=t["line_search_decay"],
+                              fvp_subsample=t["fvp_subsample"], generator=generator)
+        history.append(stats)
+        bar.set_postfix(reward=f"{stats['mean_reward']:.3f}", kl=f"{stats['kl']:.4f}")
+    last = history[-1] if history else {}
+    return {"iterations": len(history), "seconds": time.perf_counter() - t0,
+            "final_mean_reward": last.get("mean_reward"), "accepted": sum(bool(h["accepted"]) for h in history)}

@@ -1,0 +1,301 @@
+"""Figures 2-6 of the paper and two beyond it (aggregate, ablation), as PDF + PNG, with the
+numbers behind each curve in data/NAME.csv. Every figure names the profile and the seeds
+it averages over, and the runs it is missing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from analysis import summaries  # noqa: E402
+from analysis.output import save_figure, write_csv  # noqa: E402
+from analysis.results import MODEL_EVAL_ALGOS, SECTION5_BUDGET, RunKey, Study  # noqa: E402
+
+# The paper's return figures: (I x B, envs in the paper's column order).
+PAPER_FIGURES = {
+    "fig2": ("500k", ("walker2d", "hopper")),
+    "fig3": ("500k", ("ant", "cheetah-run", "halfcheetah")),
+    "fig4": ("250k", ("walker2d", "hopper")),
+    "fig5": ("250k", ("ant", "cheetah-run", "halfcheetah")),
+}
+ENV_LABELS = {"walker2d": "Walker2d", "hopper": "Hopper", "halfcheetah": "HalfCheetah", "ant": "Ant",
+              "cheetah-run": "Cheetah-Run"}
+NAME_LABELS = {"musbo": "MUSBO", "bremen": "BREMEN", "mopo": "MOPO"}
+# seaborn's colour-blind palette; MUSBO, BREMEN, MOPO keep their colour in every figure
+PALETTE = ["#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#949494"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+RC = {"font.size": 9.5, "axes.titlesize": 10.5, "axes.labelsize": 9.5, "legend.fontsize": 9.5,
+      "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}
+MAX_LISTED_MISSING = 6  # longer lists go to missing_runs.md only
+
+
+def label(name: str) -> str:
+    return NAME_LABELS.get(name, name.replace("_", " "))
+
+
+def env_label(env: str) -> str:
+    return ENV_LABELS.get(env, env)
+
+
+def _style(names: list[str]) -> dict[str, tuple[str, str]]:
+    return {n: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
+
+
+def _seeds_text(seeds) -> str:
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
+
+
+def profile_note(study: Study, seeds) -> str:
+    warn = "" if study.profile == "paper" else " (reduced sizes: NOT the paper's numbers)"
+    return (f"profile {study.profile}{warn} · {_seeds_text(seeds)}\n"
+            f"lines: mean over seeds · shaded: 95 % bootstrap CI")
+
+
+def _short(k: RunKey) -> str:
+    return f"{label(k.name)} {env_label(k.env)} {k.budget} seed {k.seed}"
+
+
+def _missing_footnote(fig, missing: list[RunKey], total: int) -> None:
+    """A red note under everything else (savefig's tight bbox grows to include it)."""
+    if not missing:
+        return
+    fig.canvas.draw()  # run the layout, so that the lowest artist's position is known
+    bottom = min([0.0] + [a.get_window_extent().y0 / fig.bbox.height for a in fig.legends])
+    listed = ", ".join(_short(k) for k in missing[:MAX_LISTED_MISSING])
+    more = f", and {len(missing) - MAX_LISTED_MISSING} more" if len(missing) > MAX_LISTED_MISSING else ""
+    fig.text(0.5, bottom - 0.01, f"Missing: {len(missing)} of {total} runs (see missing_runs.md): {listed}{more}",
+             ha="center", va="top", fontsize=8, color="#A00000", wrap=True)
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _band(ax, s: pd.DataFrame, x: str, color: str, marker: str, lbl: str, y: str = "mean") -> None:
+    s = s.sort_values(x)
+    ax.plot(s[x], s[y], color=color, marker=marker, ms=4, lw=1.8, label=lbl)
+    ok = s.low.notna() & s.high.notna()
+    if ok.any():
+        ax.fill_between(s[x][ok], s.low[ok], s.high[ok], color=color, alpha=0.2, lw=0)
+
+
+def _legend(fig, names, styles, present) -> None:
+    handles = [Line2D([], [], color=styles[n][0], marker=styles[n][1], lw=1.8,
+                      label=label(n) + ("" if n in present else " (no runs)")) for n in names]
+    # below the axes, in figure coordinates: an "outside" legend would move when savefig
+    # crops to the tight bbox
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False)
+
+
+def _deployment_axis(ax, n_deployments: int, missing_names: list[str]) -> None:
+    ax.set_xticks(range(1, n_deployments + 1))
+    ax.set_xlim(0.6, n_deployments + 0.4)
+    ax.set_xlabel("Deployment" + (f"\nmissing seeds: {', '.join(missing_names)}" if missing_names else ""))
+
+
+def _missing_by_name(missing: list[RunKey]) -> list[str]:
+    by = {}
+    for k in missing:
+        by.setdefault(label(k.name), []).append(str(k.seed))
+    return [f"{n} {','.join(s)}" for n, s in by.items()]
+
+
+# ---- Figs. 2-5: samples and returns per deployment ----
+
+def return_curves(study: Study, out: Path, name: str) -> list[Path]:
+    budget, envs = PAPER_FIGURES[name]
+    algos, seeds, cfg = study.algos, study.seeds, study.cfg
+    styles = _style(algos)
+    data, all_missing, total, present = [], [], 0, set()
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(2, len(envs), figsize=(3.9 * len(envs) + 0.5, 5.6), height_ratios=[1, 2.5],
+                                 sharex="col", squeeze=False, layout="constrained")
+        for j, env in enumerate(envs):
+            top, ax = axes[0, j], axes[1, j]
+            top.set_title(env_label(env), fontweight="bold")
+            in_grid = env in cfg["envs"] and budget in cfg["budgets"]
+            keys = study.curve_keys(algos, env, budget, seeds) if in_grid else []
+            missing = study.missing(keys)
+            all_missing += missing
+            total += len(keys)
+            n_dep = study.deployments(env)
+            curves = study.curves("runs", algos, env, budget, seeds)
+            # top: cumulative samples per deployment (from the runs; planned if none exists)
+            if not curves.empty:
+                samples = curves.groupby("deployment").samples_total.median()
+                top.bar(samples.index, samples.to_numpy() / 1e3, width=0.6, color="0.7")
+            else:
+                per = cfg["run"]["defaults"]["budget_samples"].get(budget, np.nan) / n_dep
+                top.bar(range(1, n_dep + 1), per * np.arange(1, n_dep + 1) / 1e3, width=0.6,
+                        color="white", edgecolor="0.6", hatch="//", label="planned")
+                top.legend(loc="upper left", frameon=False, fontsize=8)
+            top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}k"))
+            top.tick_params(labelbottom=True)
+            # bottom: eval return, mean over seeds and its CI
+            summary = summaries.ci_over_seeds(curves, ["name", "deployment"], "eval_return_mean")
+            for algo in algos:
+                s = summary[summary.name == algo]
+                if not s.empty:
+                    present.add(algo)
+                    _band(ax, s, "deployment", *styles[algo], label(algo))
+            if not in_grid:
+                _empty(ax, "not in this profile's grid")
+            elif curves.empty:
+                _empty(ax, "no completed runs")
+            _deployment_axis(ax, n_dep, _missing_by_name(missing))
+            if j == 0:
+                top.set_ylabel("Cumulative\nsamples")
+                ax.set_ylabel("Eval return (real env)")
+            summary.insert(0, "env", env)
+            summary.insert(1, "budget", budget)
+            data.append(summary)
+        _legend(fig, algos, styles, present)
+        fig.suptitle(f"Fig. {name[3:]}: I × B = {budget} · {', '.join(map(env_label, envs))}\n"
+                     f"{profile_note(study, seeds)}", fontsize=10.5)
+        _missing_footnote(fig, all_missing, total)
+        paths = save_figure(fig, Path(out), name)
+    return paths + [write_csv(Path(out) / "data" / f"{name}.csv", pd.concat(data, ignore_index=True))]
+
+
+# ---- Fig. 6: model accuracy ----
+
+FIG6_PANELS = (("energy_distance", "Energy distance: imagined vs real states"),
+               ("trajectory_mse", "Trajectory-wise MSE: imagined vs real"))
+
+
+def fig6(study: Study, out: Path) -> list[Path]:
+    env, names, seeds = study.cfg["model_eval_env"], list(MODEL_EVAL_ALGOS), study.ablation_seeds
+    keys = study.model_eval_keys()
+    missing = [k for k in keys if not (k.path(study.root) / "model_eval.csv").is_file()]
+    data = summaries.model_eval(study)
+    styles = {n: _style(study.algos).get(n, (PALETTE[0], "o")) for n in names}
+    n_dep = study.deployments(env)
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.9), layout="constrained")
+        for ax, (metric, title) in zip(axes, FIG6_PANELS):
+            d = data[data.metric == metric]
+            for n in names:
+                if not d[d.name == n].empty:
+                    _band(ax, d[d.name == n], "deployment", *styles[n], label(n))
+            if d.empty:
+                _empty(ax, "no model_eval.csv found")
+            elif (d["mean"] > 0).all() and d["mean"].max() / d["mean"].min() > 100:
+                ax.set_yscale("log")
+            ax.set_title(title + "\n(lower is better)")
+            _deployment_axis(ax, n_dep, _missing_by_name(missing))
+        axes[0].set_ylabel("Energy distance")
+        axes[1].set_ylabel("Trajectory MSE")
+        _legend(fig, names, styles, set(data.name))
+        fig.suptitle(f"Fig. 6: accuracy of imagined rollouts on {env_label(env)}, I × B = {SECTION5_BUDGET}\n"
+                     f"{profile_note(study, seeds)}", fontsize=10.5)
+        _missing_footnote(fig, missing, len(keys))
+        paths = save_figure(fig, Path(out), "fig6")
+    return paths + [write_csv(Path(out) / "data" / "fig6.csv", data)]
+
+
+# ---- beyond the paper: aggregate over envs ----
+
+def aggregate(study: Study, out: Path) -> list[Path]:
+    agg = summaries.aggregate(study)
+    budgets, algos = list(study.cfg["budgets"]), study.algos
+    styles = _style(algos)
+    keys = study.main_keys()
+    missing = study.missing(keys)
+    with plt.rc_context(RC):
+        fig, (ax_iqm, ax_poi) = plt.subplots(1, 2, figsize=(10.2, 0.9 + 0.55 * len(budgets) * len(algos)),
+                                             layout="constrained")
+        ticks, names = [], []
+        for b_i, budget in enumerate(budgets):
+            for a_i, algo in enumerate(algos):
+                y = -(b_i * (len(algos) + 1) + a_i)
+                r = agg[(agg.measure == "iqm") & (agg.budget == budget) & (agg.name == algo)]
+                if not r.empty and np.isfinite(r.point.iloc[0]):
+                    _interval(ax_iqm, r.iloc[0], y, styles[algo][0])
+                ticks.append(y)
+                names.append(f"{label(algo)} · {budget}")
+        ax_iqm.set_yticks(ticks, names)
+        ax_iqm.axvline(0, color="0.5", lw=0.8, ls=":")
+        ax_iqm.axvline(1, color="0.5", lw=0.8, ls=":")
+        ax_iqm.set_xlabel("IQM of normalised final return\n(0 = random policy, 1 = best algorithm's mean)")
+        ax_iqm.set_title("Final return across envs")
+        ticks, names = [], []
+        bases = [a for a in algos if a != "musbo"]
+        for b_i, budget in enumerate(budgets):
+            for k, base in enumerate(bases):
+                y = -(b_i * (len(bases) + 1) + k)
+                r = agg[(agg.measure == "poi") & (agg.budget == budget) & (agg.name == f"musbo>{base}")]
+                if not r.empty and np.isfinite(r.point.iloc[0]):
+                    _interval(ax_poi, r.iloc[0], y, styles[base][0])
+                ticks.append(y)
+                names.append(f"MUSBO > {label(base)} · {budget}")
+        ax_poi.set_yticks(ticks, names)
+        ax_poi.set_xlim(-0.03, 1.03)
+        ax_poi.axvline(0.5, color="0.3", lw=1, ls="--")
+        ax_poi.set_xlabel("P(MUSBO's final return > baseline's)\n(0.5 = no difference)")
+        ax_poi.set_title("Probability of improvement")
+        for ax in (ax_iqm, ax_poi):
+            ax.grid(axis="y", visible=False)
+        fig.suptitle(f"Aggregate over envs ({', '.join(map(env_label, study.cfg['envs']))})\n"
+                     f"profile {study.profile}{'' if study.profile == 'paper' else ' (NOT the paper numbers)'}"
+                     f" · {_seeds_text(study.seeds)} per env · point: estimate, bar: 95 % stratified bootstrap CI",
+                     fontsize=10.5)
+        _missing_footnote(fig, missing, len(keys))
+        paths = save_figure(fig, Path(out), "aggregate")
+    return paths + [write_csv(Path(out) / "aggregate.csv", agg),
+                    write_csv(Path(out) / "data" / "normalised_final_returns.csv",
+                              summaries.normalised_final_returns(study))]
+
+
+def _interval(ax, r, y: float, color: str) -> None:
+    has_ci = np.isfinite(r.low) and np.isfinite(r.high)
+    xerr = [[r.point - r.low], [r.high - r.point]] if has_ci else None
+    ax.errorbar(r.point, y, xerr=xerr, fmt="o", color=color, ms=6, capsize=4, lw=2)
+    ax.annotate(f"{r.point:.2f}" + (f" [{r.low:.2f}, {r.high:.2f}]" if has_ci else " (no CI)"),
+                (r.point, y), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=8)
+
+
+# ---- beyond the paper: MUSBO vs its ablations ----
+
+def ablation(study: Study, out: Path) -> list[Path]:
+    cfg, seeds = study.cfg, study.ablation_seeds
+    env, budget, ablations = cfg["ablation_env"], cfg["ablation_budget"], list(cfg.get("ablations", []))
+    ref = study.curves("runs", ["musbo"], env, budget, seeds)
+    ref_summary = summaries.ci_over_seeds(ref, ["name", "deployment"], "eval_return_mean")
+    keys = study.ablation_reference_keys() + study.ablation_keys()
+    missing = study.missing(keys)
+    styles = _style(["musbo"] + ablations)
+    n_dep = study.deployments(env)
+    data = [ref_summary]
+    with plt.rc_context(RC):
+        n = max(len(ablations), 1)
+        fig, axes = plt.subplots(1, n, figsize=(3.9 * n + 0.4, 3.9), sharey=True, squeeze=False,
+                                 layout="constrained")
+        for ax, ab in zip(axes[0], ablations or [None]):
+            if not ref_summary.empty:
+                _band(ax, ref_summary, "deployment", *styles["musbo"], "MUSBO (full)")
+            if ab is None:
+                _empty(ax, "no ablations in this profile")
+                continue
+            s = summaries.ci_over_seeds(study.curves("ablations", [ab], env, budget, seeds),
+                                        ["name", "deployment"], "eval_return_mean")
+            data.append(s)
+            if s.empty:
+                _empty(ax, "no completed ablation runs")
+            else:
+                _band(ax, s, "deployment", *styles[ab], label(ab))
+            ax.set_title(f"MUSBO vs {label(ab)}")
+            ax.legend(loc="upper left", frameon=False, fontsize=8.5)
+            _deployment_axis(ax, n_dep, _missing_by_name([k for k in missing if k.name in ("musbo", ab)]))
+        axes[0, 0].set_ylabel("Eval return (real env)")
+        fig.suptitle(f"Ablations of MUSBO on {env_label(env)}, I × B = {budget}\n"
+                     f"{profile_note(study, seeds)}", fontsize=10.5)
+        _missing_footnote(fig, missing, len(keys))
+        paths = save_figure(fig, Path(out), "ablation")
+    return paths + [write_csv(Path(out) / "data" / "ablation.csv", pd.concat(data, ignore_index=True))]

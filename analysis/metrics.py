@@ -1,0 +1,219 @@
+"""The numbers behind the figures and claims: novelty of a batch (Table 1), accuracy of
+imagined rollouts (Fig. 6), and interval estimates (every CI in paper_figures/).
+
+Interval estimates use scipy.stats.bootstrap with the percentile method (rliable's default;
+BCa is unstable at the 2-5 seeds of our grids) and a fixed seed, so re-running the analysis
+gives the same numbers. rliable is not used (it fails at import with pandas 3, see
+shared/notes/STATS.md); tests/test_metrics.py checks these estimates against independent
+computations instead.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from scipy import stats
+from scipy.spatial.distance import cdist
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 10_000
+BOOTSTRAP_METHOD = "percentile"
+BOOTSTRAP_SEED = 0
+IQM_TRIM = 0.25  # the interquartile mean drops the lowest and highest 25 % of the scores
+_MAX_PAIRWISE_ELEMENTS = 4_000_000  # ~32 MB of float64 per distance block
+
+
+class Interval(NamedTuple):
+    """A point estimate and its confidence interval (low, high); NaN bounds = no CI."""
+    point: float
+    low: float
+    high: float
+
+
+NO_ESTIMATE = Interval(np.nan, np.nan, np.nan)
+
+
+# ---- novelty of a batch (Table 1) ----
+
+def _as_rows(x, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array [n, dim], got shape {x.shape}")
+    return x
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; a zero row stays zero (its cosine with anything is 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def _sum_unit_rows(x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    return sum(unit_rows(x[i:i + chunk]).sum(axis=0) for i in range(0, len(x), chunk))
+
+
+def cosine_novelty(new_states, previous_states) -> float:
+    """Mean cosine similarity over ALL pairs (x in new_states, y in previous_states).
+
+    Exact in O(N + M): mean_{x,y} x̂·ŷ = (mean_x x̂)·(mean_y ŷ), with x̂ = x/||x||.
+    Zero vectors: the cosine with a zero vector is undefined; such a pair counts as
+    similarity 0 (the zero row's unit vector is taken as 0, as sklearn's cosine_similarity
+    does) and still counts in the number of pairs.
+    Higher similarity means the new batch is LESS novel.
+    """
+    new = _as_rows(new_states, "new_states")
+    prev = _as_rows(previous_states, "previous_states")
+    if new.shape[1] != prev.shape[1]:
+        raise ValueError(f"state dims differ: {new.shape[1]} vs {prev.shape[1]}")
+    return float(_sum_unit_rows(new) @ _sum_unit_rows(prev) / (len(new) * len(prev)))
+
+
+def cosine_novelty_per_deployment(batches: Sequence[np.ndarray]) -> list[float]:
+    """Table 1 for one run: [cosine_novelty(B(i), B(1..i-1)) for i = 2..I], with a running
+    sum of unit vectors, so that B(1..i-1) is never concatenated."""
+    batches = [_as_rows(b, f"batch {i + 1}") for i, b in enumerate(batches)]
+    running, count, out = _sum_unit_rows(batches[0]), len(batches[0]), []
+    for batch in batches[1:]:
+        s = _sum_unit_rows(batch)
+        out.append(float(s @ running / (len(batch) * count)))
+        running, count = running + s, count + len(batch)
+    return out
+
+
+# ---- accuracy of imagined rollouts (Fig. 6) ----
+
+def _mean_pairwise_distance(a: np.ndarray, b: np.ndarray) -> float:
+    rows = max(1, _MAX_PAIRWISE_ELEMENTS // len(b))
+    total = sum(cdist(a[i:i + rows], b).sum() for i in range(0, len(a), rows))
+    return total / (len(a) * len(b))
+
+
+def energy_distance(x, y) -> float:
+    """Energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| of two samples (rows = vectors; a 1-D
+    array is a sample of scalars), Euclidean norm, V-statistic (the means include the i = j
+    pairs), the convention of dcor.energy_distance. Computed in blocks of rows, so memory
+    stays bounded for large samples."""
+    x, y = (np.asarray(v, dtype=np.float64) for v in (x, y))
+    x, y = (v[:, None] if v.ndim == 1 else v for v in (x, y))
+    x, y = _as_rows(x, "x"), _as_rows(y, "y")
+    return float(2 * _mean_pairwise_distance(x, y) - _mean_pairwise_distance(x, x)
+                 - _mean_pairwise_distance(y, y))
+
+
+def trajectory_mse(imagined, real) -> float:
+    """Trajectory-wise MSE: per trajectory, the mean over steps and state dims of the
+    squared error between imagined and real states; then the mean over trajectories.
+    Accepts one trajectory [T, dim], a stack [n, T, dim], or two equal-length sequences of
+    [T_i, dim] arrays (trajectories may differ in length)."""
+    if isinstance(imagined, np.ndarray) and imagined.ndim == 2:
+        imagined, real = [imagined], [real]
+    if len(imagined) != len(real) or len(imagined) == 0:
+        raise ValueError(f"need the same non-zero number of trajectories: {len(imagined)} vs {len(real)}")
+    per_traj = []
+    for im, re in zip(imagined, real):
+        im, re = np.asarray(im, dtype=np.float64), np.asarray(re, dtype=np.float64)
+        if im.shape != re.shape:
+            raise ValueError(f"trajectory shapes differ: {im.shape} vs {re.shape}")
+        per_traj.append(np.mean((im - re) ** 2))
+    return float(np.mean(per_traj))
+
+
+# ---- interval estimates ----
+
+def _finite(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def bootstrap_ci(samples, statistic: Callable = np.mean, confidence: float = CONFIDENCE,
+                 seed: int = BOOTSTRAP_SEED, n_resamples: int = N_RESAMPLES) -> Interval:
+    """statistic(samples) and its percentile-bootstrap CI (scipy.stats.bootstrap).
+
+    Non-finite entries are dropped as missing. No samples: all NaN. One sample (e.g. one
+    seed): the point with NaN bounds, since one value says nothing about spread. Never
+    raises for small n. `statistic` must accept `axis` (like np.mean, np.median)."""
+    x = _finite(samples)
+    if len(x) == 0:
+        return NO_ESTIMATE
+    point = float(statistic(x))
+    if len(x) < 2:
+        return Interval(point, np.nan, np.nan)
+    if np.all(x == x[0]):  # no spread: every resample gives the same statistic
+        return Interval(point, point, point)
+    res = stats.bootstrap((x,), statistic, n_resamples=n_resamples, confidence_level=confidence,
+                          method=BOOTSTRAP_METHOD, rng=np.random.default_rng(seed))
+    return Interval(point, float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def iqm(x) -> float:
+    """Interquartile mean: the mean of the middle 50 % of the (flattened) scores."""
+    return float(stats.trim_mean(np.asarray(x, dtype=np.float64).ravel(), IQM_TRIM))
+
+
+def _iqm_pooled(*task_samples, axis=-1):
+    return stats.trim_mean(np.concatenate(task_samples, axis=axis), IQM_TRIM, axis=axis)
+
+
+def _tasks(scores_per_task) -> list[np.ndarray]:
+    if isinstance(scores_per_task, np.ndarray) and scores_per_task.ndim == 1:
+        scores_per_task = [scores_per_task]
+    return [_finite(t) for t in scores_per_task]
+
+
+def _stratified(statistic, samples: list[np.ndarray], confidence, seed, n_resamples) -> Interval:
+    """statistic(*samples), with a CI from resampling the runs within each sample on its own
+    (scipy.stats.bootstrap with one sample per task = the stratified bootstrap). A sample
+    of one run is held fixed (resampling one run always gives that run; scipy needs two);
+    if no sample has two runs, there is no CI (NaN bounds)."""
+    point = float(statistic(*samples))
+    resampled = [i for i, s in enumerate(samples) if len(s) >= 2]
+    if not resampled:
+        return Interval(point, np.nan, np.nan)
+
+    def with_fixed(*drawn, axis=-1):
+        batch, drawn = drawn[0].shape[:-1], iter(drawn)
+        return statistic(*[next(drawn) if len(s) >= 2 else np.broadcast_to(s, batch + s.shape)
+                           for s in samples], axis=axis)
+
+    res = stats.bootstrap(tuple(samples[i] for i in resampled), with_fixed, n_resamples=n_resamples,
+                          vectorized=True, confidence_level=confidence, method=BOOTSTRAP_METHOD,
+                          rng=np.random.default_rng(seed))
+    return Interval(point, float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def stratified_iqm_ci(scores_per_task, confidence: float = CONFIDENCE, seed: int = BOOTSTRAP_SEED,
+                      n_resamples: int = N_RESAMPLES) -> Interval:
+    """IQM of all runs of all tasks pooled (rliable's aggregate IQM) with a stratified
+    bootstrap CI. `scores_per_task`: one array of run scores per task (lengths may differ).
+    Tasks without scores are dropped; a task with a single run is held fixed."""
+    tasks = [t for t in _tasks(scores_per_task) if len(t)]
+    if not tasks:
+        return NO_ESTIMATE
+    return _stratified(_iqm_pooled, tasks, confidence, seed, n_resamples)
+
+
+def _poi_pair(x, y):
+    """P(X > Y) + 0.5 P(X = Y) over all run pairs; batched over leading axes."""
+    gt = (x[..., :, None] > y[..., None, :]).mean(axis=(-2, -1))
+    eq = (x[..., :, None] == y[..., None, :]).mean(axis=(-2, -1))
+    return gt + 0.5 * eq
+
+
+def probability_of_improvement(x_runs, y_runs, confidence: float = CONFIDENCE,
+                               seed: int = BOOTSTRAP_SEED, n_resamples: int = N_RESAMPLES) -> Interval:
+    """P(X > Y) + 0.5 P(X = Y) per task (the Mann-Whitney U statistic over m*n), averaged
+    over tasks, with a stratified bootstrap CI (X's and Y's runs resampled within each
+    task, independently). `x_runs`, `y_runs`: one array of run scores per task (or a 1-D
+    array for one task). Tasks where either side has no runs are dropped; a side with a
+    single run is held fixed."""
+    pairs = [(x, y) for x, y in zip(_tasks(x_runs), _tasks(y_runs), strict=True) if len(x) and len(y)]
+    if not pairs:
+        return NO_ESTIMATE
+    n_tasks = len(pairs)
+
+    def poi(*samples, axis=-1):
+        return np.mean([_poi_pair(samples[t], samples[n_tasks + t]) for t in range(n_tasks)], axis=0)
+
+    return _stratified(poi, [x for x, _ in pairs] + [y for _, y in pairs], confidence, seed, n_resamples)

@@ -1,0 +1,224 @@
+"""Run outputs on disk, as planned by the profile's grid: which runs exist, which are
+missing, and their files as tables.
+
+Layout (the contract of `python -m algos.run`):
+    RESULTS/runs/{algo}/{env}/{budget}/seed{seed}/            the main grid
+    RESULTS/ablations/{ablation}/{env}/{budget}/seed{seed}/   MUSBO with one switch changed
+A run exists when its metrics.csv exists (it is written when the run completes).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.profile import env_run_config
+
+# Table 1 and Fig. 6 (section 5 of the paper) are at I x B = 500k.
+SECTION5_BUDGET = "500k"
+# Fig. 6 compares these two (the paper's choice).
+MODEL_EVAL_ALGOS = ("musbo", "bremen")
+KEY_COLUMNS = ["kind", "name", "env", "budget", "seed"]
+
+
+class NoResultsError(RuntimeError):
+    """No run of the profile exists: nothing to analyse."""
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    kind: str  # "runs" (name = algorithm) or "ablations" (name = ablation)
+    name: str
+    env: str
+    budget: str
+    seed: int
+
+    def path(self, root: Path) -> Path:
+        return Path(root) / self.kind / self.name / self.env / self.budget / f"seed{self.seed}"
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}/{self.env}/{self.budget}/seed{self.seed}"
+
+
+def _seed_of(dirname: str) -> int | None:
+    return int(dirname[4:]) if dirname.startswith("seed") and dirname[4:].isdigit() else None
+
+
+class Study:
+    """One profile's grid (from its config) and its results directory."""
+
+    def __init__(self, cfg: dict, results_dir: Path | str):
+        self.cfg = cfg
+        self.root = Path(results_dir)
+        self.profile = cfg.get("profile", "?")
+        self.algos = list(cfg["algos"])
+        self.seeds = [int(s) for s in cfg["seeds"]]
+        self.ablation_seeds = [int(s) for s in cfg["ablation_seeds"]]
+
+    # ---- the plan ----
+    def deployments(self, env: str) -> int:
+        return int(env_run_config(self.cfg, env)["deployments"])
+
+    def main_keys(self) -> list[RunKey]:
+        c = self.cfg
+        return [RunKey("runs", a, e, b, s) for a in self.algos for e in c["envs"]
+                for b in c["budgets"] for s in self.seeds]
+
+    def ablation_keys(self) -> list[RunKey]:
+        c = self.cfg
+        return [RunKey("ablations", ab, c["ablation_env"], c["ablation_budget"], s)
+                for ab in c.get("ablations", []) for s in self.ablation_seeds]
+
+    def ablation_reference_keys(self) -> list[RunKey]:
+        """Full MUSBO on the ablation env and budget: what each ablation is compared with."""
+        c = self.cfg
+        return [RunKey("runs", "musbo", c["ablation_env"], c["ablation_budget"], s) for s in self.ablation_seeds]
+
+    def novelty_keys(self) -> list[RunKey]:
+        return [RunKey("runs", a, self.cfg["novelty_env"], SECTION5_BUDGET, s)
+                for a in self.algos for s in self.ablation_seeds]
+
+    def model_eval_keys(self) -> list[RunKey]:
+        return [RunKey("runs", a, self.cfg["model_eval_env"], SECTION5_BUDGET, s)
+                for a in MODEL_EVAL_ALGOS for s in self.ablation_seeds]
+
+    def curve_keys(self, names, env: str, budget: str, seeds, kind: str = "runs") -> list[RunKey]:
+        return [RunKey(kind, n, env, budget, s) for n in names for s in seeds]
+
+    # ---- what exists ----
+    def exists(self, key: RunKey) -> bool:
+        return (key.path(self.root) / "metrics.csv").is_file()
+
+    def missing(self, keys) -> list[RunKey]:
+        return [k for k in keys if not self.exists(k)]
+
+    def planned_keys(self) -> list[RunKey]:
+        return sorted(set(self.main_keys()) | set(self.ablation_keys())
+                      | set(self.novelty_keys()) | set(self.model_eval_keys()))
+
+    def found_keys(self) -> list[RunKey]:
+        """Every run with a metrics.csv under the results dir, in the grid or not."""
+        found = []
+        for f in self.root.glob("*/*/*/*/seed*/metrics.csv"):
+            seed_dir = f.parent
+            kind, name, env, budget = seed_dir.relative_to(self.root).parts[:4]
+            seed = _seed_of(seed_dir.name)
+            if kind in ("runs", "ablations") and seed is not None:
+                found.append(RunKey(kind, name, env, budget, seed))
+        return sorted(found)
+
+    def require_runs(self) -> None:
+        """Raise a NoResultsError that says how to produce the runs if none exists."""
+        if any(self.exists(k) for k in self.planned_keys()):
+            return
+        where = "does not exist" if not self.root.is_dir() else "holds no completed run of this profile's grid"
+        raise NoResultsError(
+            f"{self.root} {where} (looked for {self.root}/runs/ALGO/ENV/BUDGET/seedN/metrics.csv).\n"
+            f"Produce the runs of profile {self.profile!r} first, e.g. the whole workflow:\n"
+            f"    snakemake --cores 2 --config profile={self.profile}\n"
+            f"or a single run:\n"
+            f"    python -m algos.run --profile {self.profile} --algo musbo --env {self.cfg['envs'][0]} "
+            f"--budget {self.cfg['budgets'][0]} --seed {self.seeds[0]} "
+            f"--out {self.root}/runs/musbo/{self.cfg['envs'][0]}/{self.cfg['budgets'][0]}/seed{self.seeds[0]}")
+
+    # ---- files as tables ----
+    def _read_runs(self, keys, filename: str) -> pd.DataFrame:
+        frames = []
+        for k in keys:
+            f = k.path(self.root) / filename
+            if self.exists(k) and f.is_file():
+                df = pd.read_csv(f)
+                for col, val in zip(KEY_COLUMNS, (k.kind, k.name, k.env, k.budget, k.seed)):
+                    df[col] = val
+                frames.append(df)
+        if not frames:
+            return pd.DataFrame(columns=KEY_COLUMNS + ["deployment"])
+        return pd.concat(frames, ignore_index=True)
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """metrics.csv of every existing planned run, one row per (run, deployment)."""
+        return self._read_runs(self.planned_keys(), "metrics.csv")
+
+    def curves(self, kind: str, names, env: str, budget: str, seeds) -> pd.DataFrame:
+        m = self.metrics
+        return m[(m.kind == kind) & m.name.isin(list(names)) & (m.env == env)
+                 & (m.budget == budget) & m.seed.isin(list(seeds))]
+
+    def model_eval(self) -> pd.DataFrame:
+        return self._read_runs(self.model_eval_keys(), "model_eval.csv")
+
+    def batch_files(self, key: RunKey) -> list[Path]:
+        d = key.path(self.root) / "batches"
+        return [d / f"deployment_{i}.npz" for i in range(1, self.deployments(key.env) + 1)]
+
+    def batch_obs(self, key: RunKey) -> list[np.ndarray] | None:
+        """The obs of B(1..I) of one run, or None if the run or any batch file is missing."""
+        files = self.batch_files(key)
+        if not self.exists(key) or not all(f.is_file() for f in files):
+            return None
+        out = []
+        for f in files:
+            with np.load(f) as z:
+                out.append(np.asarray(z["obs"]))
+        return out
+
+    def provenance(self) -> list[dict]:
+        out = []
+        for k in self.planned_keys():
+            f = k.path(self.root) / "provenance.json"
+            if self.exists(k) and f.is_file():
+                try:
+                    out.append({"run": str(k), **json.loads(f.read_text())})
+                except json.JSONDecodeError:
+                    out.append({"run": str(k), "error": "unreadable provenance.json"})
+        return out
+
+    # ---- what is missing, as Markdown (written by every target: same content each time) ----
+    def incomplete(self) -> list[tuple[RunKey, int, int]]:
+        m = self.metrics
+        if m.empty:
+            return []
+        counts = m.groupby(KEY_COLUMNS).deployment.nunique()
+        out = []
+        for (kind, name, env, budget, seed), n in counts.items():
+            expected = self.deployments(env)
+            if n < expected:
+                out.append((RunKey(kind, name, env, budget, int(seed)), int(n), expected))
+        return out
+
+    def missing_report(self) -> str:
+        def section(title, keys, what):
+            lines = [f"## {title}: {what}", ""]
+            lines += [f"- `{k}`" for k in keys] or ["- none"]
+            return lines + [""]
+
+        main, abl = self.main_keys(), self.ablation_keys()
+        miss_main, miss_abl = self.missing(main), self.missing(abl)
+        extra = sorted(set(self.found_keys()) - set(self.planned_keys()))
+        no_batches = [k for k in self.novelty_keys() if self.exists(k) and self.batch_obs(k) is None]
+        no_model_eval = [k for k in self.model_eval_keys()
+                         if self.exists(k) and not (k.path(self.root) / "model_eval.csv").is_file()]
+        lines = [f"# Missing runs: profile `{self.profile}`, results `{self.root}`", "",
+                 "A run is missing when its `metrics.csv` is absent (written when the run completes). "
+                 "Figures and tables use the runs that exist and name the missing ones.", "",
+                 f"Produce missing runs with the workflow (`snakemake --cores 2 --config profile={self.profile}`) "
+                 f"or one at a time: `python -m algos.run --profile {self.profile} --algo ALGO --env ENV "
+                 f"--budget BUDGET --seed N --out {self.root}/runs/ALGO/ENV/BUDGET/seedN`.", ""]
+        lines += section("Main grid (Figs. 2-5, aggregate, claims)", miss_main,
+                         f"{len(main) - len(miss_main)} of {len(main)} runs present, {len(miss_main)} missing")
+        lines += section("Ablation runs (ablation figure)", miss_abl,
+                         f"{len(abl) - len(miss_abl)} of {len(abl)} runs present, {len(miss_abl)} missing")
+        lines += section("Table 1: runs present without all `batches/deployment_i.npz`", no_batches,
+                         f"{len(no_batches)} runs (batches are not committed for mini: re-run to recreate them)")
+        lines += section("Fig. 6: runs present without `model_eval.csv`", no_model_eval, f"{len(no_model_eval)} runs")
+        inc = self.incomplete()
+        lines += [f"## Incomplete runs (fewer deployments in metrics.csv than the profile plans): {len(inc)}", ""]
+        lines += [f"- `{k}`: {n} of {e} deployments" for k, n, e in inc] or ["- none"]
+        lines += ["", f"## Runs found outside this profile's grid (ignored): {len(extra)}", ""]
+        lines += [f"- `{k}`" for k in extra] or ["- none"]
+        return "\n".join(lines) + "\n"

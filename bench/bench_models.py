@@ -1,0 +1,207 @@
+"""Model-side throughput: the dynamics ensemble's training and imagined rollouts against the
+machine's batched-GEMM peak, measured side by side in one process.
+
+What is counted:
+  gemm_gflops[_bf16]            torch.bmm [5, n, 1024] x [5, 1024, 1024], float32 (and bf16): the
+                                peak the ensemble's layers can reach on this machine
+  train_<size>_batched          member-samples/s of DynamicsEnsemble.fit (one EnsembleLinear bmm per
+                                layer, fused Adam): every member sees every training sample once per
+                                epoch, so member-samples = members x n_train x epochs; validation,
+                                shuffling and gathers are included (fit's own loop)
+  train_<size>_batched_bf16     the same with fit(bf16=True) (CPU autocast)
+  train_<size>_loop             the textbook alternative: one nn.Linear MLP and one Adam per member,
+                                stepped in a Python loop (same batch size, same data)
+  *_frac_peak                   FLOP rate / gemm_gflops, FLOPs = 3 x 2 x sum_layers(in x out) per
+                                member-sample (forward 2 in out, backward twice that)
+  rollout_transitions_per_s     algos.core.rollouts.imagine, 2 x 1024 model, one member per step
+                                (per_step), a 2 x 200 Gaussian policy, HalfCheetah's model reward;
+                                frac_peak counts the model's forward FLOPs only (2 x sum in x out)
+Sizes: paper = 5 members x 2 x 1024, batch 1000 per member (BREMEN), obs 17, act 6 (HalfCheetah);
+mini = 5 x 2 x 200, batch 256 (config/mini.yaml). Best of `repeats` timings (2 shared cores).
+
+Use: `run(quick) -> dict`, or `python bench/bench_models.py [--quick] [--profile]` to print a
+table (--profile: torch.profiler's top operators for one paper-size fit epoch).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch import nn
+
+from algos.core.ensemble import DynamicsEnsemble
+from algos.core.rollouts import imagine
+
+OBS, ACT, MEMBERS = 17, 6, 5
+SIZES = {"paper": {"hidden": [1024, 1024], "batch": 1000}, "mini": {"hidden": [200, 200], "batch": 256}}
+
+
+def _best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def macs_per_sample(hidden: list[int], in_dim: int = OBS + ACT, out_dim: int = OBS) -> int:
+    dims = [in_dim, *hidden, out_dim]
+    return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def gemm_gflops(n: int, dtype: torch.dtype, repeats: int) -> float:
+    a = torch.randn(MEMBERS, n, 1024, dtype=dtype)
+    b = torch.randn(MEMBERS, 1024, 1024, dtype=dtype)
+    iters = 5
+    torch.bmm(a, b)
+    t = _best_time(lambda: [torch.bmm(a, b) for _ in range(iters)], repeats)
+    return 2 * MEMBERS * n * 1024 * 1024 * iters / t / 1e9
+
+
+def synthetic_data(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, OBS, generator=g)
+    act = torch.rand(n, ACT, generator=g) * 2 - 1
+    next_obs = obs + 0.1 * torch.tanh(obs @ torch.randn(OBS, OBS, generator=g) * 0.3) + 0.05 * act.sum(1, keepdim=True)
+    return obs, act, next_obs
+
+
+def train_batched(hidden, batch, n, repeats, bf16=False) -> float:
+    """member-samples/s of DynamicsEnsemble.fit, one epoch, 2 % holdout."""
+    obs, act, nxt = synthetic_data(n)
+    torch.manual_seed(0)
+    base = DynamicsEnsemble(OBS, ACT, members=MEMBERS, hidden=hidden)
+    holdout = 0.02
+    n_train = n - int(holdout * n)
+
+    def once():
+        m = copy.deepcopy(base)
+        m.fit(obs, act, nxt, lr=1e-3, batch_size=batch, holdout=holdout, max_epochs=1, patience=10,
+              generator=torch.Generator().manual_seed(0), bf16=bf16)
+
+    once()  # warm-up (the first optimizer step imports torch._dynamo: ~1 s once per process)
+    return MEMBERS * n_train / _best_time(once, repeats)
+
+
+def train_loop(hidden, batch, n, repeats) -> float:
+    """member-samples/s of M separate nn.Linear MLPs with M Adams, stepped member by member."""
+    obs, act, nxt = synthetic_data(n)
+    x = torch.cat([obs, act], 1)
+    x = (x - x.mean(0)) / x.std(0)
+    y = nxt - obs
+    y = (y - y.mean(0)) / y.std(0)
+    dims = [OBS + ACT, *hidden, OBS]
+    torch.manual_seed(0)
+
+    def mlp():
+        layers = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers[:-1])
+
+    nets = [mlp() for _ in range(MEMBERS)]
+    opts = [torch.optim.Adam(net.parameters(), lr=1e-3) for net in nets]
+    g = torch.Generator().manual_seed(0)
+
+    def epoch():
+        orders = [torch.randperm(n, generator=g) for _ in range(MEMBERS)]
+        for start in range(0, n, batch):
+            for net, opt, order in zip(nets, opts, orders):
+                idx = order[start:start + batch]
+                loss = (net(x[idx]) - y[idx]).square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+    epoch()
+    return MEMBERS * n / _best_time(epoch, repeats)
+
+
+def rollout_rate(hidden, n_states, horizon, repeats) -> float:
+    """Imagined transitions/s of imagine(): one member per step for all rollouts."""
+    torch.manual_seed(0)
+    model = DynamicsEnsemble(OBS, ACT, members=MEMBERS, hidden=hidden)
+    obs, act, nxt = synthetic_data(5000)
+    model.input_norm.fit(torch.cat([obs, act], 1))
+    model.target_norm.fit(nxt - obs)
+    policy = nn.Sequential(nn.Linear(OBS, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(), nn.Linear(200, ACT))
+    log_std = torch.full((ACT,), -0.5)
+
+    def sample(s, g):
+        mean = torch.tanh(policy(s))
+        return mean + log_std.exp() * torch.randn(mean.shape, generator=g)
+
+    start = torch.randn(n_states, OBS, generator=torch.Generator().manual_seed(1))
+    run_once = lambda: imagine(model, sample, start, horizon, "halfcheetah", torch.Generator().manual_seed(0))
+    imagine(model, sample, start[:256], 1, "halfcheetah", torch.Generator().manual_seed(0))
+    return n_states * horizon / _best_time(run_once, repeats)
+
+
+def run(quick: bool) -> dict:
+    repeats = 1 if quick else 2
+    out = {"torch_threads": torch.get_num_threads(), "load_avg_1min": round(os.getloadavg()[0], 2)}
+    out["gemm_gflops"] = max(gemm_gflops(n, torch.float32, repeats + 1) for n in (256, 1000))
+    out["gemm_gflops_bf16"] = max(gemm_gflops(n, torch.bfloat16, repeats + 1) for n in (256, 1000))
+    peak = out["gemm_gflops"]
+    for size, cfg in SIZES.items():
+        hidden, batch = cfg["hidden"], cfg["batch"]
+        n = (4000 if quick else 20000) if size == "paper" else (20000 if quick else 100000)
+        flop = 6 * macs_per_sample(hidden)
+        variants = {"batched": lambda: train_batched(hidden, batch, n, repeats),
+                    "loop": lambda: train_loop(hidden, batch, n, repeats)}
+        if size == "paper":
+            variants["batched_bf16"] = lambda: train_batched(hidden, batch, n, repeats, bf16=True)
+        for name, fn in variants.items():
+            rate = fn()
+            key = f"train_{size}_{name}"
+            out[f"{key}_member_samples_per_s"] = rate
+            out[f"{key}_frac_peak"] = rate * flop / 1e9 / peak
+    n_states, horizon = (5000, 2) if quick else (50000, 3)
+    rate = rollout_rate(SIZES["paper"]["hidden"], n_states, horizon, repeats)
+    out["rollout_states"] = n_states
+    out["rollout_transitions_per_s"] = rate
+    out["rollout_frac_peak"] = rate * 2 * macs_per_sample(SIZES["paper"]["hidden"]) / 1e9 / peak
+    rate = rollout_rate(SIZES["mini"]["hidden"], n_states, horizon, repeats)
+    out["rollout_mini_transitions_per_s"] = rate
+    out["rollout_mini_frac_peak"] = rate * 2 * macs_per_sample(SIZES["mini"]["hidden"]) / 1e9 / peak
+    return out
+
+
+def profile_fit(n: int = 5000) -> str:
+    """torch.profiler table of one paper-size fit epoch (top operators by self CPU time)."""
+    obs, act, nxt = synthetic_data(n)
+    model = DynamicsEnsemble(OBS, ACT, members=MEMBERS, hidden=SIZES["paper"]["hidden"])
+    fit = lambda: model.fit(obs, act, nxt, lr=1e-3, batch_size=1000, holdout=0.02, max_epochs=1,
+                            generator=torch.Generator().manual_seed(0))
+    fit()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fit()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    res = run(args.quick)
+    width = max(len(k) for k in res)
+    for key, value in res.items():
+        text = f"{value:,.3f}" if isinstance(value, float) and value < 10 else (
+            f"{value:,.0f}" if isinstance(value, float) else str(value))
+        print(f"{key:<{width}}  {text}")
+    if args.profile:
+        print(profile_fit())
+
+
+if __name__ == "__main__":
+    main()

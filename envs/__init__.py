@@ -1,0 +1,15 @@
+"""The five environments of the paper, their observation-index table and the model-side
+reward and termination functions (appendix F). `envs.collector` gathers real transitions.
+
+    ENV_NAMES                                   ("walker2d", "hopper", "halfcheetah", "ant", "cheetah-run")
+    make_env(name, seed=None)                   a gymnasium.Env, float32 Box obs, actions in [-1, 1]
+    model_reward(name, obs, act, next_obs)      numpy or torch, batched over leading dims
+    model_termination(name, obs, act, next_obs)
+    ENV_SPECS[name]                             obs_dim, act_dim, x_velocity_index, z_index, ... , source
+"""
+from envs.make import MAX_EPISODE_STEPS, make_env
+from envs.model_side import model_reward, model_termination
+from envs.specs import ENV_NAMES, ENV_SPECS, EnvSpec, get_spec
+
+__all__ = ["ENV_NAMES", "ENV_SPECS", "EnvSpec", "MAX_EPISODE_STEPS", "get_spec", "make_env",
+           "model_reward", "model_termination"]
