@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -104,6 +105,7 @@ class PhaseTimer:
     def __call__(self, phase: str):
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; phases are {PHASES}")
+        maybe_kill_for_test(f"{phase}:{self.deployment}")
         t0 = time.perf_counter()
         try:
             yield
@@ -112,6 +114,12 @@ class PhaseTimer:
         dt = time.perf_counter() - t0
         self.seconds[phase] += dt
         log(f"{self.tag} deployment {self.deployment}: {phase} {dt:.1f}s (elapsed {time.time() - self.start:.0f}s)")
+
+
+def maybe_kill_for_test(point: str) -> None:
+    """Fault tests set MUSBO_KILL_AT=<phase>:<deployment> (or write:0) to SIGKILL the run there."""
+    if os.environ.get("MUSBO_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def log(message: str) -> None:
@@ -201,6 +209,7 @@ def run(cfg: dict, out: Path) -> None:
     (out / "checkpoints").mkdir(exist_ok=True)
     atomic_write_bytes(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
 
+    seed_globals(cfg["seed"], "init")  # initial weights
     algo = make_algorithm(cfg, device)
     spec = ENV_SPECS[cfg["env"]]
     dataset = DeploymentDataset(spec.obs_dim, spec.act_dim)
@@ -257,6 +266,7 @@ def run(cfg: dict, out: Path) -> None:
     atomic_write_bytes(out / "provenance.json", json.dumps(provenance, indent=2).encode())
     atomic_write_csv(out / "eval_returns.csv", ["deployment", "episode", "return"], rows["eval"])
     atomic_write_csv(out / "model_eval.csv", ["deployment", "energy_distance", "trajectory_mse"], rows["model"])
+    maybe_kill_for_test("write:0")
     atomic_write_csv(out / "metrics.csv", METRIC_COLUMNS, rows["metrics"])  # last: marks the run complete
     log(f"{tag} finished in {time.time() - start:.0f}s -> {out}")
 

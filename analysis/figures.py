@@ -28,7 +28,7 @@ PAPER_FIGURES = {
 ENV_LABELS = {"walker2d": "Walker2d", "hopper": "Hopper", "halfcheetah": "HalfCheetah", "ant": "Ant",
               "cheetah-run": "Cheetah-Run"}
 NAME_LABELS = {"musbo": "MUSBO", "bremen": "BREMEN", "mopo": "MOPO"}
-# seaborn's colour-blind palette; MUSBO, BREMEN, MOPO keep their colour in every figure
+# seaborn's colour-blind palette
 PALETTE = ["#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#949494"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 RC = {"font.size": 9.5, "axes.titlesize": 10.5, "axes.labelsize": 9.5, "legend.fontsize": 9.5,
@@ -45,7 +45,10 @@ def env_label(env: str) -> str:
 
 
 def _style(names: list[str]) -> dict[str, tuple[str, str]]:
-    return {n: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
+    """(colour, marker) per name: the algorithms keep theirs everywhere, others take the rest."""
+    others = [n for n in names if n not in NAME_LABELS]
+    index = {**{n: i for i, n in enumerate(NAME_LABELS)}, **{n: len(NAME_LABELS) + i for i, n in enumerate(others)}}
+    return {n: (PALETTE[index[n] % len(PALETTE)], MARKERS[index[n] % len(MARKERS)]) for n in names}
 
 
 def _seeds_text(seeds) -> str:
@@ -54,8 +57,9 @@ def _seeds_text(seeds) -> str:
 
 def profile_note(study: Study, seeds) -> str:
     warn = "" if study.profile == "paper" else " (reduced sizes: NOT the paper's numbers)"
-    return (f"profile {study.profile}{warn} · {_seeds_text(seeds)}\n"
-            f"lines: mean over seeds · shaded: 95 % bootstrap CI")
+    stat = ("lines: mean over seeds · shaded: 95 % bootstrap CI" if len(seeds) > 1 else
+            "lines: the single seed (no CI)")
+    return f"profile {study.profile}{warn} · {_seeds_text(seeds)}\n{stat}"
 
 
 def _short(k: RunKey) -> str:
@@ -75,6 +79,7 @@ def _missing_footnote(fig, missing: list[RunKey], total: int) -> None:
 
 
 def _empty(ax, text: str) -> None:
+    ax.tick_params(left=False, labelleft=False)  # this axes only, also when y is shared
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
@@ -173,9 +178,9 @@ FIG6_PANELS = (("energy_distance", "Energy distance: imagined vs real states"),
 def fig6(study: Study, out: Path) -> list[Path]:
     env, names, seeds = study.cfg["model_eval_env"], list(MODEL_EVAL_ALGOS), study.ablation_seeds
     keys = study.model_eval_keys()
-    missing = [k for k in keys if not (k.path(study.root) / "model_eval.csv").is_file()]
+    missing = [k for k in keys if not (study.exists(k) and (k.path(study.root) / "model_eval.csv").is_file())]
     data = summaries.model_eval(study)
-    styles = {n: _style(study.algos).get(n, (PALETTE[0], "o")) for n in names}
+    styles = _style(names)
     n_dep = study.deployments(env)
     with plt.rc_context(RC):
         fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.9), layout="constrained")
@@ -223,7 +228,7 @@ def aggregate(study: Study, out: Path) -> list[Path]:
         ax_iqm.set_yticks(ticks, names)
         ax_iqm.axvline(0, color="0.5", lw=0.8, ls=":")
         ax_iqm.axvline(1, color="0.5", lw=0.8, ls=":")
-        ax_iqm.set_xlabel("IQM of normalised final return\n(0 = random policy, 1 = best algorithm's mean)")
+        ax_iqm.set_xlabel("IQM of normalised final return\n(0 = deployment 1, 1 = best algorithm's mean)")
         ax_iqm.set_title("Final return across envs")
         ticks, names = [], []
         bases = [a for a in algos if a != "musbo"]
@@ -243,8 +248,8 @@ def aggregate(study: Study, out: Path) -> list[Path]:
         for ax in (ax_iqm, ax_poi):
             ax.grid(axis="y", visible=False)
         fig.suptitle(f"Aggregate over envs ({', '.join(map(env_label, study.cfg['envs']))})\n"
-                     f"profile {study.profile}{'' if study.profile == 'paper' else ' (NOT the paper numbers)'}"
-                     f" · {_seeds_text(study.seeds)} per env · point: estimate, bar: 95 % stratified bootstrap CI",
+                     f"{profile_note(study, study.seeds).splitlines()[0]} per env\n"
+                     "point: estimate · bar: 95 % stratified bootstrap CI (runs resampled within each env)",
                      fontsize=10.5)
         _missing_footnote(fig, missing, len(keys))
         paths = save_figure(fig, Path(out), "aggregate")
@@ -291,7 +296,8 @@ def ablation(study: Study, out: Path) -> list[Path]:
             else:
                 _band(ax, s, "deployment", *styles[ab], label(ab))
             ax.set_title(f"MUSBO vs {label(ab)}")
-            ax.legend(loc="upper left", frameon=False, fontsize=8.5)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="upper left", frameon=False, fontsize=8.5)
             _deployment_axis(ax, n_dep, _missing_by_name([k for k in missing if k.name in ("musbo", ab)]))
         axes[0, 0].set_ylabel("Eval return (real env)")
         fig.suptitle(f"Ablations of MUSBO on {env_label(env)}, I × B = {budget}\n"

@@ -25,6 +25,12 @@ MODEL_EVAL_ALGOS = ("musbo", "bremen")
 KEY_COLUMNS = ["kind", "name", "env", "budget", "seed"]
 
 
+def workflow_command(profile: str) -> str:
+    """The README's command that produces every run of a profile (and the figures)."""
+    config = "" if profile == "paper" else f" --configfile config/{profile}.yaml"
+    return f".venv/bin/snakemake all --profile profiles/local{config}"  # targets before --configfile
+
+
 class NoResultsError(RuntimeError):
     """No run of the profile exists: nothing to analyse."""
 
@@ -119,7 +125,7 @@ class Study:
         raise NoResultsError(
             f"{self.root} {where} (looked for {self.root}/runs/ALGO/ENV/BUDGET/seedN/metrics.csv).\n"
             f"Produce the runs of profile {self.profile!r} first, e.g. the whole workflow:\n"
-            f"    snakemake --cores 2 --config profile={self.profile}\n"
+            f"    {workflow_command(self.profile)}\n"
             f"or a single run:\n"
             f"    python -m algos.run --profile {self.profile} --algo musbo --env {self.cfg['envs'][0]} "
             f"--budget {self.cfg['budgets'][0]} --seed {self.seeds[0]} "
@@ -206,7 +212,7 @@ class Study:
         lines = [f"# Missing runs: profile `{self.profile}`, results `{self.root}`", "",
                  "A run is missing when its `metrics.csv` is absent (written when the run completes). "
                  "Figures and tables use the runs that exist and name the missing ones.", "",
-                 f"Produce missing runs with the workflow (`snakemake --cores 2 --config profile={self.profile}`) "
+                 f"Produce missing runs with the workflow (`{workflow_command(self.profile)}`) "
                  f"or one at a time: `python -m algos.run --profile {self.profile} --algo ALGO --env ENV "
                  f"--budget BUDGET --seed N --out {self.root}/runs/ALGO/ENV/BUDGET/seedN`.", ""]
         lines += section("Main grid (Figs. 2-5, aggregate, claims)", miss_main,

@@ -37,8 +37,10 @@ def final_returns(study: Study) -> pd.DataFrame:
 
 def normalised_final_returns(study: Study) -> pd.DataFrame:
     """Final returns scaled per env to (x - random) / (best - random):
-    random = the mean deployment-1 eval return over all main runs of the env (deployment 1
-    collects with the uniformly random policy; all algorithms and budgets pooled);
+    random = the mean deployment-1 eval return over all main runs of the env, all algorithms
+    and budgets pooled. Deployment 1 collects with the uniformly random policy; its eval row
+    (algos/run.py) is the policy trained on that random batch, the common starting point of
+    every algorithm, so 0 = no gain over the first, random-data deployment;
     best = the highest mean-over-seeds final return of any algorithm at any budget on the
     env, so that 1 = the best algorithm and scores are comparable across budgets.
     Envs where best <= random get NaN scores (nothing to normalise by)."""

@@ -15,6 +15,9 @@ from analysis.output import write_table
 from analysis.profile import env_run_config
 from analysis.results import SECTION5_BUDGET, Study
 
+# file names (without extension) in paper_figures/, as the workflow declares them
+TABLE1, TABLE2, TABLE2_PROFILE = "table1_novelty", "table2_hyperparameters", "table2_hyperparameters_profile"
+
 # ---- Table 1 ----
 
 # The paper's Table 1 (cosine similarity, deployments 2-5).
@@ -64,7 +67,7 @@ def table1(study: Study, out: Path) -> list[Path]:
                 f"\nProfile `{study.profile}` uses reduced sizes: these are NOT the paper's numbers.\n") + missing)
     caption = (f"Cosine similarity of B(i) with B(1..i-1) on {env_label(env)} ({SECTION5_BUDGET}, profile "
                f"{study.profile}, seeds {seeds}; mean [95\\% CI]). Higher similarity = less novelty.")
-    return write_table(out, "table1", pd.DataFrame(csv), pd.DataFrame(shown), "Table 1: novelty of each batch",
+    return write_table(out, TABLE1, pd.DataFrame(csv), pd.DataFrame(shown), "Table 1: novelty of each batch",
                        notes, caption)
 
 
@@ -197,13 +200,13 @@ def _table2_files(cfg: dict, out: Path, name: str, title: str, note: str) -> lis
 
 
 def table2(cfg_paper: dict, cfg_profile: dict, out: Path) -> list[Path]:
-    """table2.*: config/paper.yaml against the paper; table2_profile.*: what the profile's
+    """TABLE2.*: config/paper.yaml against the paper; TABLE2_PROFILE.*: what the profile's
     runs used (the same values when the profile is `paper`)."""
     profile = cfg_profile.get("profile", "?")
-    paths = _table2_files(cfg_paper, out, "table2", "Table 2: hyperparameters per env (config/paper.yaml)",
+    paths = _table2_files(cfg_paper, out, TABLE2, "Table 2: hyperparameters per env (config/paper.yaml)",
                           "The paper profile: every number should match the paper (`Matches paper` = yes).")
     note = ("" if profile == "paper" else
             f"Profile `{profile}` shrinks sizes on purpose, so some rows do not match the paper: "
             f"its results are NOT the paper's numbers.")
-    return paths + _table2_files(cfg_profile, out, "table2_profile",
+    return paths + _table2_files(cfg_profile, out, TABLE2_PROFILE,
                                  f"Table 2 for profile {profile}: hyperparameters the runs used", note)

@@ -5,7 +5,8 @@ What is counted:
                                 episode resets included (time limit 1000 or the env's termination)
   raw_physics_steps_per_s       MuJoCo physics steps per second: mujoco.mj_step(model, data,
                                 nstep=frame_skip) in a Python loop on the env's own model (a
-                                separate MjData), random ctrl per call, counted as calls x frame_skip
+                                separate MjData, reset every 1000 calls), random ctrl per call,
+                                counted as calls x frame_skip
   collect_fraction_of_physics   collector_steps_per_s x frame_skip / raw_physics_steps_per_s: the
                                 share of the bare simulator's speed that the collector keeps
                                 (cheetah-run: dm_control steps with mj_step2 + mj_step1, same work)
@@ -17,6 +18,7 @@ with torch's default intra-op threads or with 1 thread (`*_1_thread`).
 Use: `run(quick) -> dict` (bench/run.py assembles results.json), or
 `python bench/bench_collect.py [--quick]` to print a table.
 """
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,37 +34,48 @@ from envs import ENV_NAMES, ENV_SPECS, make_env
 from envs.collector import collect
 
 
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def _best_rate(fn, n: int, repeats: int) -> float:
     """Best of `repeats` runs of fn() that does n units of work: units per second (the 2 shared
     cores make the best run the least disturbed one)."""
-    best = float("inf")
+    return n / min(_seconds(fn) for _ in range(repeats))
+
+
+def _interleaved_best_rates(loops: dict, repeats: int) -> dict:
+    """{label: (fn, units)} -> {label: best units/s}, the loops taking turns in each repeat so
+    that a burst of load from other jobs disturbs all of them alike (the fraction is a ratio)."""
+    best = {label: float("inf") for label in loops}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+        for label, (fn, units) in loops.items():
+            best[label] = min(best[label], _seconds(fn) / units)
+    return {label: 1.0 / b for label, b in best.items()}
 
 
-def raw_physics_rate(name: str, n_physics_steps: int, repeats: int) -> float:
-    """Physics steps/s of bare mj_step on the env's model, nstep=frame_skip per call as the env does."""
+def raw_physics_loop(name: str, n_env_steps: int):
+    """Bare mj_step on the env's model, nstep=frame_skip per call as the env does; counts
+    n_env_steps x frame_skip physics steps."""
     sim = make_env(name, env_checker=False).unwrapped
     model, frame_skip = sim.model, ENV_SPECS[name].frame_skip
     data = mujoco.MjData(model)
-    calls = n_physics_steps // frame_skip
-    ctrl = np.random.default_rng(0).uniform(-1, 1, (calls, model.nu))
+    ctrl = np.random.default_rng(0).uniform(-1, 1, (n_env_steps, model.nu))
 
     def loop():
-        mujoco.mj_resetData(model, data)
-        for i in range(calls):
+        for i in range(n_env_steps):
             if i % 1000 == 0:  # a fresh episode every 1000 env steps, as in collection
                 mujoco.mj_resetData(model, data)
             data.ctrl[:] = ctrl[i]
             mujoco.mj_step(model, data, nstep=frame_skip)
 
-    return _best_rate(loop, calls * frame_skip, repeats)
+    return loop, n_env_steps * frame_skip
 
 
-def gym_loop_rate(name: str, n: int, repeats: int) -> float:
+def gym_loop(name: str, n: int):
+    """The textbook loop: gymnasium.make's wrappers, action_space.sample() per step."""
     env = make_env(name, seed=0)
 
     def loop():
@@ -72,7 +85,7 @@ def gym_loop_rate(name: str, n: int, repeats: int) -> float:
             if terminated or truncated:
                 env.reset()
 
-    return _best_rate(loop, n, repeats)
+    return loop, n
 
 
 def vector_rate(name: str, n: int, repeats: int, asynchronous: bool, policy=None) -> float:
@@ -111,15 +124,16 @@ def run(quick: bool) -> dict:
     names = ("halfcheetah", "hopper") if quick else ENV_NAMES
     n = 3000 if quick else 10000
     repeats = 1 if quick else 2
-    out = {"quick": quick, "steps_per_measurement": n, "repeats_best_of": repeats, "envs": {}}
+    out = {"quick": quick, "steps_per_measurement": n, "repeats_best_of": repeats,
+           "load_average_1min_before": os.getloadavg()[0], "envs": {}}
     for name in names:
         frame_skip = ENV_SPECS[name].frame_skip
         collect(name, 200, None, seed=0)  # warm-up: imports, model compile
-        row = {"frame_skip": frame_skip,
-               "collector_steps_per_s": _best_rate(lambda: collect(name, n, None, seed=0), n, repeats),
-               "gym_loop_steps_per_s": gym_loop_rate(name, n, repeats),
-               # cheap, and the most disturbed by other jobs on the shared cores: more repeats
-               "raw_physics_steps_per_s": raw_physics_rate(name, n * frame_skip, repeats + 2)}
+        row = {"frame_skip": frame_skip}
+        row.update(_interleaved_best_rates({
+            "collector_steps_per_s": (lambda: collect(name, n, None, seed=0), n),
+            "gym_loop_steps_per_s": gym_loop(name, n),
+            "raw_physics_steps_per_s": raw_physics_loop(name, n)}, repeats))
         row["collect_fraction_of_physics"] = row["collector_steps_per_s"] * frame_skip / row["raw_physics_steps_per_s"]
         out["envs"][name] = row
 
@@ -147,12 +161,14 @@ def run(quick: bool) -> dict:
         torch.set_num_threads(threads)
     vec["torch_default_threads"] = threads
     out["halfcheetah_loop_vs_vector"] = vec
+    out["load_average_1min_after"] = os.getloadavg()[0]
     return out
 
 
 def _table(res: dict) -> str:
     lines = [f"collector benchmark ({'quick' if res['quick'] else 'full'}: {res['steps_per_measurement']} steps, "
-             f"best of {res['repeats_best_of']})",
+             f"best of {res['repeats_best_of']}, load average {res['load_average_1min_before']:.1f} -> "
+             f"{res['load_average_1min_after']:.1f} on {os.cpu_count()} cores)",
              f"{'env':12s} {'collector/s':>12s} {'gym loop/s':>11s} {'raw physics/s':>14s} {'frame_skip':>10s} "
              f"{'collect_fraction_of_physics':>28s}"]
     for name, r in res["envs"].items():

@@ -13,14 +13,17 @@ What is counted:
                                 stepped in a Python loop (same batch size, same data)
   *_frac_peak                   FLOP rate / gemm_gflops, FLOPs = 3 x 2 x sum_layers(in x out) per
                                 member-sample (forward 2 in out, backward twice that)
-  rollout_transitions_per_s     algos.core.rollouts.imagine, 2 x 1024 model, one member per step
-                                (per_step), a 2 x 200 Gaussian policy, HalfCheetah's model reward;
-                                frac_peak counts the model's forward FLOPs only (2 x sum in x out)
+  rollout_<size>_transitions_per_s   algos.core.rollouts.imagine from 50k start states (quick: 2k),
+                                one member per step (per_step), algos.core.policy.GaussianPolicy (2 x 200),
+                                HalfCheetah's model reward and termination; frac_peak counts the
+                                model's forward FLOPs only (2 x sum in x out; the policy adds
+                                ~4 % at paper size and about as much as the model at mini size)
 Sizes: paper = 5 members x 2 x 1024, batch 1000 per member (BREMEN), obs 17, act 6 (HalfCheetah);
 mini = 5 x 2 x 200, batch 256 (config/mini.yaml). Best of `repeats` timings (2 shared cores).
 
 Use: `run(quick) -> dict`, or `python bench/bench_models.py [--quick] [--profile]` to print a
-table (--profile: torch.profiler's top operators for one paper-size fit epoch).
+table (--profile: torch.profiler's top operators for one paper-size fit epoch; --threads N;
+--clock cpu for CPU-time rates on a busy machine).
 """
 from __future__ import annotations
 
@@ -38,18 +41,23 @@ import torch
 from torch import nn
 
 from algos.core.ensemble import DynamicsEnsemble
+from algos.core.policy import GaussianPolicy
 from algos.core.rollouts import imagine
 
 OBS, ACT, MEMBERS = 17, 6, 5
 SIZES = {"paper": {"hidden": [1024, 1024], "batch": 1000}, "mini": {"hidden": [200, 200], "batch": 256}}
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCKS["wall"]
+
+
 def _best_time(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, _clock() - t0)
     return best
 
 
@@ -133,46 +141,54 @@ def rollout_rate(hidden, n_states, horizon, repeats) -> float:
     obs, act, nxt = synthetic_data(5000)
     model.input_norm.fit(torch.cat([obs, act], 1))
     model.target_norm.fit(nxt - obs)
-    policy = nn.Sequential(nn.Linear(OBS, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(), nn.Linear(200, ACT))
-    log_std = torch.full((ACT,), -0.5)
-
-    def sample(s, g):
-        mean = torch.tanh(policy(s))
-        return mean + log_std.exp() * torch.randn(mean.shape, generator=g)
-
+    sample = GaussianPolicy(OBS, ACT, hidden=(200, 200)).sample
     start = torch.randn(n_states, OBS, generator=torch.Generator().manual_seed(1))
     run_once = lambda: imagine(model, sample, start, horizon, "halfcheetah", torch.Generator().manual_seed(0))
     imagine(model, sample, start[:256], 1, "halfcheetah", torch.Generator().manual_seed(0))
     return n_states * horizon / _best_time(run_once, repeats)
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool, threads: int | None = None, clock: str = "wall") -> dict:
+    """All measurements in one process; `threads` sets torch's intra-op threads for the run
+    (None: torch's default). Under CPU contention (other jobs on the 2 cores) 1 thread can be
+    several times faster than 2 for the small (mini) sizes: OpenMP workers wait on each other.
+    clock="cpu" times with the process's CPU time instead of the wall clock: with threads=1 it
+    measures the work of this process alone, robust to other jobs taking turns on the cores
+    (with more threads it also counts the workers' spin-waiting)."""
+    global _clock
+    _clock = CLOCKS[clock]
+    if threads:
+        torch.set_num_threads(threads)
     repeats = 1 if quick else 2
-    out = {"torch_threads": torch.get_num_threads(), "load_avg_1min": round(os.getloadavg()[0], 2)}
-    out["gemm_gflops"] = max(gemm_gflops(n, torch.float32, repeats + 1) for n in (256, 1000))
-    out["gemm_gflops_bf16"] = max(gemm_gflops(n, torch.bfloat16, repeats + 1) for n in (256, 1000))
-    peak = out["gemm_gflops"]
+    out = {"torch_threads": torch.get_num_threads(), "clock": clock,
+           "load_avg_1min_start": round(os.getloadavg()[0], 2)}
+
+    def peak_gflops(dtype):
+        return max(gemm_gflops(n, dtype, repeats + 1) for n in (256, 1000))
+
+    out["gemm_gflops"] = peak_gflops(torch.float32)
+    out["gemm_gflops_bf16"] = peak_gflops(torch.bfloat16)
+    results = {}
     for size, cfg in SIZES.items():
         hidden, batch = cfg["hidden"], cfg["batch"]
-        n = (4000 if quick else 20000) if size == "paper" else (20000 if quick else 100000)
-        flop = 6 * macs_per_sample(hidden)
-        variants = {"batched": lambda: train_batched(hidden, batch, n, repeats),
-                    "loop": lambda: train_loop(hidden, batch, n, repeats)}
+        n = (2000 if quick else 10000) if size == "paper" else (10000 if quick else 50000)
+        results[f"train_{size}_batched"] = (train_batched(hidden, batch, n, repeats), 6 * macs_per_sample(hidden))
+        results[f"train_{size}_loop"] = (train_loop(hidden, batch, n, repeats), 6 * macs_per_sample(hidden))
         if size == "paper":
-            variants["batched_bf16"] = lambda: train_batched(hidden, batch, n, repeats, bf16=True)
-        for name, fn in variants.items():
-            rate = fn()
-            key = f"train_{size}_{name}"
-            out[f"{key}_member_samples_per_s"] = rate
-            out[f"{key}_frac_peak"] = rate * flop / 1e9 / peak
-    n_states, horizon = (5000, 2) if quick else (50000, 3)
-    rate = rollout_rate(SIZES["paper"]["hidden"], n_states, horizon, repeats)
+            results[f"train_{size}_batched_bf16"] = (train_batched(hidden, batch, n, repeats, bf16=True),
+                                                     6 * macs_per_sample(hidden))
+    n_states, horizon = (2000, 2) if quick else (50000, 3)
+    for size in ("paper", "mini"):
+        hidden = SIZES[size]["hidden"]
+        results[f"rollout_{size}"] = (rollout_rate(hidden, n_states, horizon, repeats), 2 * macs_per_sample(hidden))
+    # the peak again at the end: the best of both, so that a busy moment does not flatter the fractions
+    out["gemm_gflops"] = max(out["gemm_gflops"], peak_gflops(torch.float32))
     out["rollout_states"] = n_states
-    out["rollout_transitions_per_s"] = rate
-    out["rollout_frac_peak"] = rate * 2 * macs_per_sample(SIZES["paper"]["hidden"]) / 1e9 / peak
-    rate = rollout_rate(SIZES["mini"]["hidden"], n_states, horizon, repeats)
-    out["rollout_mini_transitions_per_s"] = rate
-    out["rollout_mini_frac_peak"] = rate * 2 * macs_per_sample(SIZES["mini"]["hidden"]) / 1e9 / peak
+    for key, (rate, flop) in results.items():
+        unit = "transitions_per_s" if key.startswith("rollout") else "member_samples_per_s"
+        out[f"{key}_{unit}"] = rate
+        out[f"{key}_frac_peak"] = rate * flop / 1e9 / out["gemm_gflops"]
+    out["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     return out
 
 
@@ -192,8 +208,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall clock, or this process's CPU time (use with --threads 1 on a busy machine)")
     args = parser.parse_args()
-    res = run(args.quick)
+    res = run(args.quick, args.threads, args.clock)
     width = max(len(k) for k in res)
     for key, value in res.items():
         text = f"{value:,.3f}" if isinstance(value, float) and value < 10 else (

@@ -13,6 +13,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.quiet import import_dm_control_suite, quiet_model_compile
+from envs.specs import ENV_SPECS
 
 
 class CheetahRunEnv(gym.Env):
@@ -24,14 +25,15 @@ class CheetahRunEnv(gym.Env):
         suite = import_dm_control_suite()
         with quiet_model_compile():
             # The task's RandomState is re-seeded at every reset from self.np_random.
-            self._dm_env = suite.load("cheetah", "run", task_kwargs={"random": 0})
+            self._dm_env = suite.load(*ENV_SPECS["cheetah-run"].dm_control_task, task_kwargs={"random": 0})
         self.physics = self._dm_env.physics
         self.frame_skip = 1  # control timestep 0.01 s = physics timestep 0.01 s
         self.dt = self._dm_env.control_timestep()
         spec = self._dm_env.action_spec()
         self.action_space = spaces.Box(spec.minimum.astype(np.float32), spec.maximum.astype(np.float32),
                                        dtype=np.float32)
-        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(17,), dtype=np.float32)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(ENV_SPECS["cheetah-run"].obs_dim,),
+                                            dtype=np.float32)
         self._needs_reset = True
 
     # The raw MuJoCo structures, named as in gymnasium's MujocoEnv (the benchmark uses them).

@@ -38,7 +38,8 @@ def collect(env_name: str, n_transitions: int, policy: Policy | None, seed: int,
     TimeLimit rule (truncated once an episode reaches max_episode_steps); in addition, if the
     batch ends mid-episode its LAST transition is marked truncated=True (cut by the batch end,
     so that no bootstrapping code treats it as a continuing step). episode_start[i] is True
-    where obs[i] is the first state of an episode (after a reset).
+    where obs[i] is the first state of an episode (after a reset). max_episode_steps may
+    exceed 1000 for the gym envs; Cheetah-Run always ends its episodes at 1000 steps.
     """
     spec = get_spec(env_name)
     n = int(n_transitions)
@@ -67,7 +68,7 @@ def collect(env_name: str, n_transitions: int, policy: Policy | None, seed: int,
         obs[t] = o
         episode_start[t] = t_in_episode == 0
         if policy is not None:
-            act[t] = np.asarray(policy(obs[t:t + 1]))[0]
+            np.clip(np.asarray(policy(obs[t:t + 1]))[0], -1.0, 1.0, out=act[t])
         o, r, term, trunc, _ = env.step(act[t])
         t_in_episode += 1
         next_obs[t] = o

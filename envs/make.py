@@ -1,8 +1,8 @@
 """make_env: the five environments of the paper behind one gymnasium interface."""
 import gymnasium as gym
 import numpy as np
-from gymnasium.utils import seeding
 from gymnasium import spaces
+from gymnasium.utils import seeding
 from gymnasium.wrappers import TransformObservation
 
 from envs.quiet import import_dm_control_suite, quiet_model_compile

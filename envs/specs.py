@@ -26,6 +26,7 @@ class EnvSpec:
     """
     name: str
     env_id: str                    # gymnasium id (make_env builds it through gymnasium.make)
+    dm_control_task: tuple[str, str] | None  # (domain, task) of the dm_control suite, else None
     obs_dim: int
     act_dim: int
     x_velocity_index: int          # obs index of the torso's forward velocity x_dot
@@ -54,7 +55,8 @@ def _frozen(d: dict) -> Mapping:
 
 ENV_SPECS: Mapping[str, EnvSpec] = MappingProxyType({
     "walker2d": EnvSpec(
-        name="walker2d", env_id="Walker2d-v5", obs_dim=17, act_dim=6,
+        name="walker2d", env_id="Walker2d-v5", dm_control_task=None,
+        obs_dim=17, act_dim=6,
         x_velocity_index=8, z_index=0, ctrl_cost=1e-3, alive_bonus=1.0, terminates=True,
         env_ctrl_cost=1e-3, env_terminates=True, frame_skip=4,
         healthy_z_range=(0.8, 2.0), healthy_angle_range=(-1.0, 1.0), angle_index=1,
@@ -68,7 +70,8 @@ ENV_SPECS: Mapping[str, EnvSpec] = MappingProxyType({
             "frame_skip": _GYM + "walker2d_v5.py: frame_skip=4 (dt 0.008 s)",
         })),
     "hopper": EnvSpec(
-        name="hopper", env_id="Hopper-v5", obs_dim=11, act_dim=3,
+        name="hopper", env_id="Hopper-v5", dm_control_task=None,
+        obs_dim=11, act_dim=3,
         x_velocity_index=5, z_index=0, ctrl_cost=1e-3, alive_bonus=1.0, terminates=True,
         env_ctrl_cost=1e-3, env_terminates=True, frame_skip=4,
         healthy_z_range=(0.7, INF), healthy_angle_range=(-0.2, 0.2), angle_index=1,
@@ -84,7 +87,8 @@ ENV_SPECS: Mapping[str, EnvSpec] = MappingProxyType({
             "frame_skip": _GYM + "hopper_v5.py: frame_skip=4 (dt 0.008 s)",
         })),
     "halfcheetah": EnvSpec(
-        name="halfcheetah", env_id="HalfCheetah-v5", obs_dim=17, act_dim=6,
+        name="halfcheetah", env_id="HalfCheetah-v5", dm_control_task=None,
+        obs_dim=17, act_dim=6,
         x_velocity_index=8, z_index=0, ctrl_cost=0.1, alive_bonus=0.0, terminates=False,
         env_ctrl_cost=0.1, env_terminates=False, frame_skip=5,
         source=_frozen({
@@ -96,7 +100,8 @@ ENV_SPECS: Mapping[str, EnvSpec] = MappingProxyType({
             "frame_skip": _GYM + "half_cheetah_v5.py: frame_skip=5 (dt 0.05 s)",
         })),
     "ant": EnvSpec(
-        name="ant", env_id="Ant-v5", obs_dim=27, act_dim=8,
+        name="ant", env_id="Ant-v5", dm_control_task=None,
+        obs_dim=27, act_dim=8,
         x_velocity_index=13, z_index=0, ctrl_cost=0.1, alive_bonus=1.0, terminates=False,
         env_ctrl_cost=0.5, env_terminates=True, frame_skip=5,
         height_cost=3.0, height_target=0.57,
@@ -112,7 +117,8 @@ ENV_SPECS: Mapping[str, EnvSpec] = MappingProxyType({
             "frame_skip": _GYM + "ant_v5.py: frame_skip=5 (dt 0.05 s)",
         })),
     "cheetah-run": EnvSpec(
-        name="cheetah-run", env_id="MUSBO/CheetahRun-v0", obs_dim=17, act_dim=6,
+        name="cheetah-run", env_id="MUSBO/CheetahRun-v0", dm_control_task=("cheetah", "run"),
+        obs_dim=17, act_dim=6,
         x_velocity_index=8, z_index=0, ctrl_cost=0.0, alive_bonus=0.0, terminates=False,
         env_ctrl_cost=0.0, env_terminates=False, frame_skip=1, run_speed=10.0,
         source=_frozen({

@@ -14,6 +14,8 @@
 # variable alone, because the executor's job step drops every SLURM_* variable, SLURM_CONF
 # included, before its inner srun.
 #
+# Finished jobs stay visible to squeue for an hour (MinJobAge), long enough for a test to
+# check them and far above the interval between the executor's status checks.
 # The node has two fake GPUs (gres backed by /dev/null), so the GPU request of
 # profiles/slurm/config.yaml runs unchanged, and two partitions: cpu (default) and gpu.
 # Needs root (apt-get; slurmd runs as root). Exit codes: 0 ok, 2 not root, 3 cannot install,
@@ -91,7 +93,7 @@ GresTypes=gpu
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-MinJobAge=300
+MinJobAge=3600
 MailProg=/bin/true
 ReturnToService=2
 StateSaveLocation=$DIR/state

@@ -308,3 +308,15 @@ def test_predict_trajectory_open_loop_replay():
         torch.testing.assert_close(traj[:, t], s)
     one = m.predict_trajectory(obs[:2], actions, member=1)
     torch.testing.assert_close(one[:, 0], m.predict(obs[:2], actions[:, 0], member=1).next_obs[0])
+
+
+@pytest.mark.parametrize("activation", ["relu", "swish"])
+def test_inference_path_equals_training_path(activation):
+    """Without autograd the activations run in place; the outputs must not change."""
+    net = EnsembleMLP(3, 4, 2, [8, 8], activation=activation, probabilistic=True)
+    x = torch.randn(3, 5, 4)
+    mean, logvar = net(x)
+    with torch.no_grad():
+        mean0, logvar0 = net(x)
+    torch.testing.assert_close(mean0, mean.detach())
+    torch.testing.assert_close(logvar0, logvar.detach())

@@ -1,5 +1,6 @@
 """envs: the five environments, the observation-index table, and the model-side rewards and
 terminations of appendix F, each checked against the installed simulators."""
+import dataclasses
 import inspect
 import warnings
 
@@ -160,6 +161,8 @@ def test_table_matches_the_installed_gymnasium_defaults():
     assert make_env("cheetah-run").unwrapped.frame_skip == ENV_SPECS["cheetah-run"].frame_skip
     for spec in ENV_SPECS.values():
         assert {"layout", "reward", "termination"} <= set(spec.source), spec.name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ENV_SPECS["hopper"].x_velocity_index = 6
 
 
 # ----- model_reward (appendix F) ----------------------------------------------------------

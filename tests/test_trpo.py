@@ -13,6 +13,16 @@ from algos.core.trpo import (LinearBaseline, MLPBaseline, backtracking_line_sear
                              fisher_vector_product, flat, gae, make_baseline, policy_parameters, policy_update,
                              trpo_step, weighted_surrogate)
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (and on a loaded
+    2-core machine, spin-waits of several ms per op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TRPO = dict(delta=0.01, cg_iters=10, cg_damping=0.1, line_search_steps=10)
 
 
@@ -165,11 +175,14 @@ def test_trpo_step_kl_within_delta_and_close_to_it_when_the_full_step_is_taken()
     policy = make_policy()
     obs, act, adv = batch(policy, n=512)
     before = flat(policy_parameters(policy)).detach().clone()
-    delta = 0.01
-    stats = trpo_step(policy, obs, act, adv, None, delta=delta, cg_iters=40, cg_damping=1e-4,
+    delta = 0.001
+    stats = trpo_step(policy, obs, act, adv, None, delta=delta, cg_iters=10, cg_damping=1e-3,
                       line_search_steps=10)
-    assert stats["accepted"] and stats["step_fraction"] == 1.0
-    assert 0.7 * delta < stats["kl"] <= delta
+    # 1/2 s^T F s = delta: the KL of the accepted step is delta * fraction^2 up to third-order terms
+    assert stats["accepted"] and stats["kl"] <= delta
+    assert 0.9 * delta * stats["step_fraction"] ** 2 < stats["kl"]
+    # on this small, well-conditioned problem the full step lands just inside the radius (KL ~0.99 delta)
+    assert stats["step_fraction"] == 1.0
     assert stats["surrogate_after"] > stats["surrogate_before"]
     assert not torch.equal(flat(policy_parameters(policy)), before)
     with torch.no_grad():  # the reported KL is the true mean KL to the old policy

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU}
+ACTIVATIONS = {"relu": F.relu, "swish": F.silu}
 
 
 class EnsembleLinear(nn.Module):
@@ -76,7 +76,7 @@ class EnsembleMLP(nn.Module):
         self.probabilistic = probabilistic
         dims = [in_dim, *hidden, out_dim * (2 if probabilistic else 1)]
         self.layers = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.act = ACTIVATIONS[activation]()
+        self.activation = activation
         if probabilistic:
             max_lv = torch.full((out_dim,), float(logvar_max_init))
             min_lv = torch.full((out_dim,), float(logvar_min_init))
@@ -87,8 +87,10 @@ class EnsembleMLP(nn.Module):
                 self.register_buffer("min_logvar", min_lv)
 
     def forward(self, x: torch.Tensor, members: slice | torch.Tensor | None = None):
+        act = ACTIVATIONS[self.activation]
+        inplace = not torch.is_grad_enabled()  # inference: no extra activation buffer per layer
         for layer in self.layers[:-1]:
-            x = self.act(layer(x, members))
+            x = act(layer(x, members), inplace=inplace)
         out = self.layers[-1](x, members)
         if not self.probabilistic:
             return out
@@ -290,7 +292,9 @@ class DynamicsEnsemble(nn.Module):
             steps = 0
             for start in range(0, n_train, batch_size):
                 idx = order[:, start:start + batch_size]
-                xb, yb = x_train[idx], y_train[idx]
+                rows = idx.reshape(-1)  # index_select: several times faster than x_train[idx] on CPU
+                xb = x_train.index_select(0, rows).view(M, -1, x_train.shape[1])
+                yb = y_train.index_select(0, rows).view(M, -1, y_train.shape[1])
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                     out = self.net(xb)
                 if self.probabilistic:

@@ -124,9 +124,13 @@ class SAC:
         # softlearning starts from log alpha = 0 (alpha = 1)
         self.log_alpha = torch.zeros((), device=self.device, requires_grad=True)
         # Policy, Q and alpha share MOPO's single lr, and Adam is per-parameter, so one Adam
-        # over all three equals softlearning's three optimizers (and costs one step call).
-        self.optimizer = torch.optim.Adam(
-            [*self.actor.parameters(), *self.critic.parameters(), self.log_alpha], lr=lr)
+        # over all three equals softlearning's three optimizers (and costs one step call);
+        # the fused kernel where the device has one (faster on CPU too).
+        params = [*self.actor.parameters(), *self.critic.parameters(), self.log_alpha]
+        try:
+            self.optimizer = torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, ValueError):
+            self.optimizer = torch.optim.Adam(params, lr=lr, foreach=True)
         self.updates = 0
 
     @property

@@ -46,9 +46,10 @@ def gae(rew, values, next_values, terminated, alive, gamma: float, lam: float):
     """Generalised advantage estimation over rollouts [T, N].
 
     delta_t = r_t + gamma * V(s'_t) * (1 - terminated_t) - V(s_t); A_t = delta_t + gamma * lam * A_{t+1}
-    while the rollout goes on (not terminated, next step alive). The last step (t = T-1) thus
-    bootstraps with next_values unless terminated; steps with alive = 0 get A = 0 and contribute
-    nothing (their values may be garbage: `where`, not multiplication). Returns (A, A + V).
+    unless step t terminated. The last step (t = T-1) thus bootstraps with next_values unless
+    terminated. Steps with alive = 0 (a slot whose rollout has ended) have delta = 0, hence A = 0,
+    and contribute nothing; their values may be garbage (NaN): `where`, not multiplication.
+    Returns (A, A + V), both 0 on dead steps.
     """
     alive_b = alive > 0
     terminated = terminated.bool()
@@ -60,7 +61,6 @@ def gae(rew, values, next_values, terminated, alive, gamma: float, lam: float):
     next_adv = torch.zeros_like(values[0])
     for t in reversed(range(rew.shape[0])):
         next_adv = delta[t] + gamma * lam * carry_on[t] * next_adv
-        next_adv = torch.where(alive_b[t], next_adv, zero)
         adv[t] = next_adv
     returns = torch.where(alive_b, adv + values, zero)
     return adv, returns
@@ -250,8 +250,11 @@ def fisher_vector_product(policy: GaussianPolicy, obs: torch.Tensor, damping: fl
 
 def weighted_surrogate(policy, obs, act, advantages, weights, old_log_prob) -> torch.Tensor:
     """Eq. 13: mean[ pi_theta(a|s) / pi_old(a|s) * A * w ]; weights None is plain TRPO (w = 1)."""
-    ratio = torch.exp(policy.log_prob(obs, act) - old_log_prob)
-    terms = ratio * advantages
+    return surrogate_from_log_probs(policy.log_prob(obs, act), old_log_prob, advantages, weights)
+
+
+def surrogate_from_log_probs(log_prob, old_log_prob, advantages, weights) -> torch.Tensor:
+    terms = torch.exp(log_prob - old_log_prob) * advantages
     if weights is not None:
         terms = terms * weights
     return terms.mean()
@@ -286,13 +289,14 @@ def trpo_step(policy: GaussianPolicy, obs, act, advantages, weights=None, *, del
     t0 = time.perf_counter()
     params = policy_parameters(policy)
     flat_old = flat(params).detach().clone()
-    with torch.no_grad():
-        old_mean, old_log_std = policy.distribution(obs)
-        old_log_prob = gaussian_log_prob(old_mean, old_log_std, act)
-    surrogate = weighted_surrogate(policy, obs, act, advantages, weights, old_log_prob)
+    mean, log_std = policy.distribution(obs)  # one forward pass: pi_old and the graph for the gradient
+    log_prob = gaussian_log_prob(mean, log_std, act)
+    old_mean, old_log_std, old_log_prob = mean.detach(), log_std.detach(), log_prob.detach()
+    surrogate = surrogate_from_log_probs(log_prob, old_log_prob, advantages, weights)  # eq. 13
     grad = flat(torch.autograd.grad(surrogate, params)).detach()
     _check_finite("surrogate gradient", surrogate, grad)
-    surrogate_before = float(surrogate)
+    surrogate_before = float(surrogate.detach())
+    del mean, log_std, log_prob, surrogate  # free the forward graph before the Fisher products
     t1 = time.perf_counter()
     result = dict(kl=0.0, surrogate_before=surrogate_before, surrogate_after=surrogate_before,
                   step_fraction=0.0, accepted=False, time_grad=t1 - t0, time_cg=0.0, time_line_search=0.0)
@@ -317,9 +321,9 @@ def trpo_step(policy: GaussianPolicy, obs, act, advantages, weights=None, *, del
     def evaluate():
         with torch.no_grad():
             mean, log_std = policy.distribution(obs)
-            ratio = torch.exp(gaussian_log_prob(mean, log_std, act) - old_log_prob)
-            terms = ratio * advantages if weights is None else ratio * advantages * weights
-            return terms.mean(), gaussian_kl(old_mean, old_log_std, mean, log_std).mean()
+            surrogate = surrogate_from_log_probs(gaussian_log_prob(mean, log_std, act), old_log_prob,
+                                                 advantages, weights)
+            return surrogate, gaussian_kl(old_mean, old_log_std, mean, log_std).mean()
 
     accepted, fraction, surrogate_after, kl = backtracking_line_search(
         policy, flat_old, fullstep, evaluate, surrogate_before, delta, line_search_steps, line_search_decay)
@@ -338,7 +342,8 @@ def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, we
     [T, N] are the U-hat of eq. 12 (None: plain TRPO)."""
     t0 = time.perf_counter()
     device = policy.log_std.device
-    r = {k: torch.as_tensor(v, device=device) for k, v in rollout.items()}
+    keys = ("obs", "act", "rew", "next_obs", "terminated", "alive", "timesteps")
+    r = {k: torch.as_tensor(rollout[k], device=device) for k in keys if k in rollout}
     obs, act, rew = r["obs"].float(), r["act"].float(), r["rew"].float()
     T, N = rew.shape
     alive = r["alive"].float()
@@ -347,28 +352,34 @@ def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, we
         timesteps = r["timesteps"]
     else:
         timesteps = torch.arange(T, device=device).unsqueeze(1).expand(T, N)
-    _check_finite("imagined rollout (obs, act or reward of an alive step)", obs[keep], act[keep], rew[keep])
+    all_alive = bool(keep.all())
+
+    def alive_steps(x):  # [T, N, ...] -> [n_alive, ...]; a plain reshape when every step is alive
+        return x.reshape(T * N, *x.shape[2:]) if all_alive else x[keep]
+
+    _check_finite("imagined rollout (obs, act or reward of an alive step)",
+                  alive_steps(obs), alive_steps(act), alive_steps(rew))
     with torch.no_grad():
         values = baseline.predict(obs, timesteps)
         next_values = baseline.predict(r["next_obs"].float(), timesteps + 1)
         adv, returns = gae(rew, values, next_values, r["terminated"], alive, gamma, lam)
-    adv_alive = adv[keep]
+    adv_alive = alive_steps(adv)
     _check_finite("advantages", adv_alive)
     if normalize_advantages:
         adv_alive = (adv_alive - adv_alive.mean()) / (adv_alive.std(unbiased=False) + ADV_EPS)
-    w = None if weights is None else torch.as_tensor(weights, device=device).float()[keep]
+    w = None if weights is None else alive_steps(torch.as_tensor(weights, device=device).float())
     t1 = time.perf_counter()
 
-    stats = trpo_step(policy, obs[keep], act[keep], adv_alive, w, delta=delta, cg_iters=cg_iters,
+    stats = trpo_step(policy, alive_steps(obs), alive_steps(act), adv_alive, w, delta=delta, cg_iters=cg_iters,
                       cg_damping=cg_damping, line_search_steps=line_search_steps,
                       line_search_decay=line_search_decay, fvp_subsample=fvp_subsample, generator=generator,
                       fvp_method=fvp_method)
     t2 = time.perf_counter()
-    ret_alive, val_alive = returns[keep], values[keep]
+    ret_alive, val_alive = alive_steps(returns), alive_steps(values)
     explained_variance = float(1.0 - (ret_alive - val_alive).var() / ret_alive.var().clamp_min(1e-12))
     baseline.fit(obs, timesteps, returns, alive, generator=generator)
     t3 = time.perf_counter()
-    stats.update(n_samples=int(keep.sum()), mean_reward=float(rew[keep].mean()),
+    stats.update(n_samples=int(keep.sum()), mean_reward=float(alive_steps(rew).mean()),
                  mean_weight=1.0 if w is None else float(w.mean()), explained_variance=explained_variance,
                  time_values_gae=t1 - t0, time_baseline_fit=t3 - t2, time_total=t3 - t0)
     return stats

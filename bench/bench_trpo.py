@@ -1,0 +1,176 @@
+"""Speed of one TRPO iteration (policy_update) at the paper's settings, split by phase; the
+Fisher-vector product variants side by side; the numpy policy's per-call latency (batch 1).
+
+    python bench/bench_trpo.py [--quick] [--profile] [--threads N]
+
+Paper settings: 50k imagined transitions (200 rollouts x 250 steps), obs 17, act 6, policy
+2 x 200, 10 CG iterations, 10 line-search steps, linear baseline. `--profile` prints the
+torch.profiler table of one update (where the time goes).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.func import functional_call, jvp, vjp
+
+from algos.core.policy import GaussianPolicy
+from algos.core.trpo import (LinearBaseline, fisher_vector_product, flat, policy_parameters, policy_update,
+                             unflat)
+
+OBS_DIM, ACT_DIM, HIDDEN = 17, 6, (200, 200)
+TRPO = dict(gamma=0.99, lam=0.95, normalize_advantages=True, delta=0.05, cg_iters=10, cg_damping=0.1,
+            line_search_steps=10, line_search_decay=0.5)
+
+
+def make_problem(T: int, N: int, seed: int = 0):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    policy = GaussianPolicy(OBS_DIM, ACT_DIM, hidden=HIDDEN)
+    obs = torch.randn(T + 1, N, OBS_DIM, generator=gen).cumsum(0) * 0.3  # a drifting trajectory
+    policy.set_obs_normalizer(obs.reshape(-1, OBS_DIM).mean(0), obs.reshape(-1, OBS_DIM).std(0))
+    with torch.no_grad():
+        act = policy.sample(obs[:-1].reshape(-1, OBS_DIM), gen).reshape(T, N, ACT_DIM)
+    rew = obs[1:, :, 8] - 0.1 * act.pow(2).sum(-1)  # HalfCheetah-like: velocity minus control cost
+    rollout = dict(obs=obs[:-1], act=act, rew=rew, next_obs=obs[1:], terminated=torch.zeros(T, N, dtype=torch.bool),
+                   alive=torch.ones(T, N))
+    weights = torch.rand(T, N, generator=gen)
+    return policy, rollout, weights, gen
+
+
+def best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def torch_func_fvp(policy: GaussianPolicy, obs: torch.Tensor, damping: float):
+    """The Gauss-Newton product through torch.func (jvp per call, one reusable vjp): the generic
+    alternative to the hand-written MeanLinearization, for comparison only."""
+    names = [n for n, _ in policy.named_parameters() if n != "log_std"]
+    primals = tuple(p.detach() for p in policy.mean_parameters())
+
+    def mean_of(*params):
+        return functional_call(policy, dict(zip(names, params)), (obs,))[0]
+
+    _, vjp_fn = vjp(mean_of, *primals)
+    scale = torch.exp(-2.0 * policy.clamped_log_std().detach()) / obs.shape[0]
+    n_mean = sum(p.numel() for p in primals)
+
+    def fvp(v):
+        _, jv = jvp(mean_of, primals, tuple(unflat(v[:n_mean], primals)))
+        return torch.cat([flat(vjp_fn(jv * scale)), 2.0 * v[n_mean:]]) + damping * v
+    return fvp
+
+
+def bench_fvp(policy, obs, repeats: int) -> dict:
+    v = torch.randn(sum(p.numel() for p in policy_parameters(policy)), generator=torch.Generator().manual_seed(0))
+    out, reference = {}, None
+    variants = [("gauss_newton (hand-written)", lambda o: fisher_vector_product(policy, o, 0.1, "gauss_newton")),
+                ("gauss_newton (torch.func)", lambda o: torch_func_fvp(policy, o, 0.1)),
+                ("double_backward", lambda o: fisher_vector_product(policy, o, 0.1, "double_backward"))]
+    for name, build in variants:
+        setup = best_time(lambda: build(obs), 1)
+        fvp = build(obs)
+        result = fvp(v)
+        per_call = best_time(lambda: fvp(v), repeats)
+        reference = result if reference is None else reference
+        rel_err = float((result - reference).norm() / reference.norm())
+        out[name] = dict(setup_ms=1e3 * setup, per_fvp_ms=1e3 * per_call, rel_diff=rel_err)
+    sub = obs[: max(1, obs.shape[0] // 5)]
+    fvp = fisher_vector_product(policy, sub, 0.1, "gauss_newton")
+    fvp(v)
+    out["gauss_newton, fvp_subsample 0.2"] = dict(setup_ms=1e3 * best_time(
+        lambda: fisher_vector_product(policy, sub, 0.1, "gauss_newton"), 1),
+        per_fvp_ms=1e3 * best_time(lambda: fvp(v), repeats), rel_diff=float("nan"))
+    return out
+
+
+def bench_update(T, N, repeats, fvp_subsample=1.0, fvp_method="gauss_newton") -> dict:
+    policy, rollout, weights, gen = make_problem(T, N)
+    baseline = LinearBaseline(OBS_DIM)
+    runs = []
+    for _ in range(repeats + 1):  # the first call warms up (and fits the baseline once)
+        p = GaussianPolicy(OBS_DIM, ACT_DIM, hidden=HIDDEN)
+        p.load_state_dict(policy.state_dict())
+        runs.append(policy_update(p, baseline, rollout, weights, **TRPO, fvp_subsample=fvp_subsample,
+                                  fvp_method=fvp_method, generator=gen))
+    best = min(runs[1:], key=lambda s: s["time_total"])
+    return {k: best[k] for k in ("time_values_gae", "time_grad", "time_cg", "time_line_search",
+                                 "time_baseline_fit", "time_total", "step_fraction", "kl")}
+
+
+def bench_numpy_policy(calls: int) -> dict:
+    policy, *_ = make_problem(2, 4)
+    obs = np.random.default_rng(0).standard_normal((1, OBS_DIM)).astype(np.float32)
+    out = {}
+    for mode in ("deterministic", "fixed_std"):
+        fn = policy.numpy_policy(mode, std=0.1, seed=0)
+        fn(obs)
+        out[f"numpy_policy {mode}"] = 1e6 * best_time(lambda: [fn(obs) for _ in range(calls)], 3) / calls
+
+    def torch_call():
+        with torch.no_grad():
+            for _ in range(calls):
+                policy.mean_action(torch.from_numpy(obs)).numpy()
+    out["torch mean_action"] = 1e6 * best_time(torch_call, 3) / calls
+    return out
+
+
+def run(quick: bool) -> dict:
+    T, N = (50, 40) if quick else (250, 200)
+    repeats = 1 if quick else 2
+    policy, rollout, _, _ = make_problem(T, N)
+    obs = rollout["obs"].reshape(-1, OBS_DIM)
+    return dict(
+        transitions=T * N, threads=torch.get_num_threads(),
+        update=bench_update(T, N, repeats),
+        update_fvp_subsample_0_2=bench_update(T, N, repeats, fvp_subsample=0.2),
+        update_double_backward=bench_update(T, N, repeats, fvp_method="double_backward"),
+        fvp=bench_fvp(policy, obs, repeats=2 if quick else 3),
+        act_latency_us=bench_numpy_policy(2000 if quick else 20000),
+    )
+
+
+def print_table(res: dict) -> None:
+    print(f"TRPO iteration on {res['transitions']} transitions, torch threads {res['threads']}")
+    phases = ("time_values_gae", "time_grad", "time_cg", "time_line_search", "time_baseline_fit", "time_total")
+    print(f"{'policy_update':34s}" + "".join(f"{p[5:]:>14s}" for p in phases) + f"{'step':>7s}")
+    for key in ("update", "update_fvp_subsample_0_2", "update_double_backward"):
+        row = res[key]
+        print(f"{key:34s}" + "".join(f"{row[p]:13.3f}s" for p in phases) + f"{row['step_fraction']:7.3f}")
+    print(f"\n{'Fisher-vector product':34s}{'setup ms':>12s}{'per FVP ms':>12s}{'rel diff':>10s}")
+    for name, row in res["fvp"].items():
+        print(f"{name:34s}{row['setup_ms']:12.1f}{row['per_fvp_ms']:12.1f}{row['rel_diff']:10.1e}")
+    print(f"\n{'acting, batch 1':34s}{'us / call':>12s}")
+    for name, us in res["act_latency_us"].items():
+        print(f"{name:34s}{us:12.1f}")
+
+
+def profile_update(T: int, N: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+    policy, rollout, weights, gen = make_problem(T, N)
+    baseline = LinearBaseline(OBS_DIM)
+    policy_update(policy, baseline, rollout, weights, **TRPO, generator=gen)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        policy_update(policy, baseline, rollout, weights, **TRPO, generator=gen)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.profile:
+        profile_update(*((50, 40) if args.quick else (250, 200)))
+    else:
+        print_table(run(args.quick))

@@ -1,0 +1,212 @@
+"""`python -m analysis TARGET` on fake run directories (analysis/synthetic.py): every target
+writes its files, missing runs are named, Tables 1 and 2 hold what the batches and the
+config say, and a missing results dir is a clear error."""
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import algos.config
+from analysis import __main__ as cli
+from analysis import figures, metrics, targets
+from analysis.profile import load_profile
+from analysis.results import RunKey, Study
+from analysis.synthetic import write_fake_results
+
+REPO = Path(__file__).resolve().parent.parent
+# the files of each target that the workflow declares (rules/common.smk, ANALYSIS_OUTPUTS)
+DECLARED = {
+    **{f: [f"{f}.pdf"] for f in ("fig2", "fig3", "fig4", "fig5", "fig6", "aggregate", "ablation")},
+    "table1": [f"table1_novelty.{e}" for e in ("csv", "md", "tex")],
+    "table2": [f"table2_hyperparameters.{e}" for e in ("csv", "md", "tex")],
+    "claims": ["claims.md"],
+    "report": ["report.md"],
+}
+MISSING = [RunKey("runs", "bremen", "walker2d", "500k", 0), RunKey("runs", "mopo", "hopper", "500k", 1),
+           RunKey("ablations", "no_exploration_noise", "halfcheetah", "500k", 1)]
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return load_profile("mini")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, mini):
+    root = tmp_path_factory.mktemp("results") / "mini"
+    write_fake_results(root, mini, skip=MISSING)
+    return root
+
+
+@pytest.fixture(scope="module")
+def made_all(tmp_path_factory, results):
+    out = tmp_path_factory.mktemp("paper_figures")
+    paths = targets.run("all", "mini", results, out)
+    return out, paths
+
+
+def test_all_writes_every_declared_file_pdf_and_png(made_all):
+    out, paths = made_all
+    for target, files in DECLARED.items():
+        for f in files:
+            assert (out / f).is_file(), f"{target}: {f} missing"
+            if f.endswith(".pdf"):
+                assert (out / "png" / f.replace(".pdf", ".png")).stat().st_size > 10_000
+                assert (out / f).read_bytes().startswith(b"%PDF")
+    assert (out / "missing_runs.md").is_file() and (out / "claims.csv").is_file()
+    assert all(p.exists() for p in paths)
+    assert not list(out.rglob("*.tmp")), "atomic writes left temporary files"
+
+
+@pytest.mark.parametrize("target", sorted(DECLARED))
+def test_each_target_alone_writes_its_files(target, results, tmp_path):
+    paths = targets.run(target, "mini", results, tmp_path)
+    for f in DECLARED[target]:
+        assert tmp_path / f in paths and (tmp_path / f).is_file()
+
+
+def test_target_functions_and_cli_entry_point(results, tmp_path):
+    assert targets.table2.__name__ == "table2"
+    assert targets.fig6("mini", results, tmp_path / "a") == [tmp_path / "a" / "missing_runs.md", *[
+        tmp_path / "a" / f for f in ("fig6.pdf", "png/fig6.png", "data/fig6.csv")]]
+    done = subprocess.run([sys.executable, "-m", "analysis", "table2", "--profile", "mini", "--results",
+                           str(results), "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "b" / "table2_hyperparameters.tex").is_file()
+
+
+def test_missing_runs_are_listed_and_figures_use_what_exists(made_all):
+    out, _ = made_all
+    listed = (out / "missing_runs.md").read_text()
+    for k in MISSING:
+        assert f"`{k}`" in listed
+    assert "58 of 60 runs present, 2 missing" in listed and "5 of 6 runs present" in listed
+    fig2 = pd.read_csv(out / "data" / "fig2.csv")
+    walker_bremen = fig2[(fig2.env == "walker2d") & (fig2.name == "bremen")]
+    assert (walker_bremen.n == 1).all() and walker_bremen.low.isna().all()  # one seed left: no CI
+    assert (fig2[fig2.name == "musbo"].n == 2).all()
+
+
+def test_claims_name_profile_seeds_and_warn_that_mini_is_not_the_paper(made_all):
+    out, _ = made_all
+    text = (out / "claims.md").read_text()
+    assert "profile `mini`" in text and "seeds 0, 1" in text and "NOT the paper's numbers" in text
+    assert "LESS novelty" in text
+    claims = pd.read_csv(out / "claims.csv").set_index("id")
+    assert claims.loc["C11", "verdict"].startswith("does not hold")  # the paper's own Table 1
+    assert claims.loc["C8", "verdict"].startswith("not testable")  # mini has 5 deployments on Hopper
+    assert claims.loc["C1", "verdict"].startswith("inconclusive")  # a BREMEN seed is missing
+    # fake data: MUSBO best everywhere, lower similarity and model error than BREMEN
+    for cid in ("C4a", "C12", "C13", "C15-500k"):
+        assert claims.loc[cid, "verdict"] == "holds", cid
+
+
+def test_claim_verdicts_follow_the_cis():
+    from analysis.claims import compare, verdict
+    hi, lo, mid = metrics.Interval(10, 9, 11), metrics.Interval(5, 4, 6), metrics.Interval(8, 5, 10)
+    assert compare(hi, lo) == "above" and compare(lo, hi) == "below" and compare(hi, mid) == "overlap"
+    assert compare(hi, metrics.Interval(5, np.nan, np.nan)) is None
+    assert verdict(["above", "above"], "above", 5) == "holds"
+    assert verdict(["above", "below"], "above", 5) == "does not hold"
+    assert verdict(["above", "overlap"], "above", 5) == "inconclusive at 5 seeds"
+    assert verdict([], "above", 5).startswith("not tested")
+
+
+def test_report_links_every_output_and_names_provenance(made_all):
+    out, _ = made_all
+    report = (out / "report.md").read_text()
+    for f in ("png/fig2.png", "fig6.pdf", "aggregate.pdf", "ablation.pdf", "claims.md", "missing_runs.md",
+              "table1_novelty.tex", "table2_hyperparameters.csv"):
+        assert f"({f})" in report, f
+    assert "`fake000` (63 runs)" in report and "63 of 66 planned present" in report
+
+
+def test_table1_equals_the_cosine_similarity_of_the_saved_batches(made_all, results, mini):
+    out, _ = made_all
+    t1 = pd.read_csv(out / "table1_novelty.csv").set_index("deployment")
+    study = Study(mini, results)
+    per_seed = {s: metrics.cosine_novelty_per_deployment(study.batch_obs(RunKey("runs", "musbo", "cheetah-run",
+                                                                                  "500k", s))) for s in (0, 1)}
+    for dep in range(2, 6):
+        obs = [np.load(results / f"runs/musbo/cheetah-run/500k/seed0/batches/deployment_{i}.npz")["obs"]
+               for i in range(1, dep + 1)]
+        assert per_seed[0][dep - 2] == pytest.approx(metrics.cosine_novelty(obs[-1], np.concatenate(obs[:-1])))
+        assert t1.loc[dep, "musbo_mean"] == pytest.approx(np.mean([per_seed[s][dep - 2] for s in (0, 1)]))
+    assert t1.loc[2, "musbo_paper"] == 0.994 and t1.loc[5, "bremen_paper"] == 0.865
+    assert "Higher similarity means LESS novelty" in (out / "table1_novelty.md").read_text()
+
+
+def test_table2_values_are_the_config_values(made_all, mini):
+    out, _ = made_all
+    paper = load_profile("paper")
+    t2 = pd.read_csv(out / "table2_hyperparameters.csv", keep_default_na=False)
+    ours = t2[t2.source == "config (paper)"].set_index("config_key")
+    assert ours.loc["trpo.iterations", "hopper"] == str(paper["run"]["envs"]["hopper"]["trpo"]["iterations"])
+    assert ours.loc["trpo.delta", "halfcheetah"] == str(paper["run"]["envs"]["halfcheetah"]["trpo"]["delta"])
+    assert ours.loc["musbo.alpha", "ant"] == str(paper["run"]["defaults"]["musbo"]["alpha"])
+    assert set(ours.matches_paper) <= {"yes", ""}  # paper.yaml matches every value the paper states
+    profile = pd.read_csv(out / "table2_hyperparameters_profile.csv", keep_default_na=False)
+    mini_l = profile[(profile.source == "config (mini)") & (profile.config_key == "trpo.iterations")]
+    assert mini_l.walker2d.item() == str(mini["run"]["envs"]["walker2d"]["trpo"]["iterations"])
+    assert mini_l.matches_paper.item() == "NO"
+
+
+def test_table2_follows_an_edited_config(tmp_path, monkeypatch):
+    config_dir = tmp_path / "config"
+    shutil.copytree(REPO / "config", config_dir)
+    paper = yaml.safe_load((config_dir / "paper.yaml").read_text())
+    paper["run"]["envs"]["hopper"]["trpo"]["iterations"] = 6001
+    paper["run"]["defaults"]["musbo"]["alpha"] = 0.5
+    (config_dir / "paper.yaml").write_text(yaml.safe_dump(paper))
+    monkeypatch.setattr(algos.config, "CONFIG_DIR", config_dir)
+    targets.run("table2", "paper", tmp_path / "no_results_needed", tmp_path / "out")
+    t2 = pd.read_csv(tmp_path / "out" / "table2_hyperparameters.csv", keep_default_na=False)
+    ours = t2[t2.source == "config (paper)"].set_index("config_key")
+    assert ours.loc["trpo.iterations", "hopper"] == "6001" and ours.loc["trpo.iterations", "matches_paper"] == "NO"
+    assert ours.loc["musbo.alpha", "walker2d"] == "0.5"
+    assert "6001" in (tmp_path / "out" / "table2_hyperparameters.tex").read_text()
+
+
+def test_missing_results_dir_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["fig2", "--profile", "mini", "--results", str(tmp_path / "nothing"), "--out",
+                     str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nothing") in err and "does not exist" in err
+    assert "snakemake all --profile profiles/local --configfile config/mini.yaml" in err
+    assert "python -m algos.run --profile mini" in err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="holds no completed run"):
+        targets.run("report", "mini", tmp_path / "empty", tmp_path / "out")
+
+
+def test_a_figure_without_any_of_its_runs_still_renders(tmp_path, mini):
+    cfg = copy.deepcopy(mini)
+    skip = [k for k in Study(cfg, tmp_path).planned_keys() if k.env in ("walker2d", "hopper")]
+    write_fake_results(tmp_path / "res", cfg, skip=skip, with_batches=False)
+    paths = targets.run("fig2", "mini", tmp_path / "res", tmp_path / "out", cfg=cfg)
+    assert (tmp_path / "out" / "fig2.pdf") in paths
+    assert pd.read_csv(tmp_path / "out" / "data" / "fig2.csv").empty
+    # no batches: Table 1 is written, empty, and says which runs lack them
+    targets.run("table1", "mini", tmp_path / "res", tmp_path / "out", cfg=cfg)
+    assert "Missing batches" in (tmp_path / "out" / "table1_novelty.md").read_text()
+
+
+def test_one_seed_profile_gives_points_without_cis(tmp_path):
+    smoke = load_profile("smoke")
+    write_fake_results(tmp_path / "res", smoke)
+    targets.run("all", "smoke", tmp_path / "res", tmp_path / "out")
+    claims = pd.read_csv(tmp_path / "out" / "claims.csv")
+    assert not claims.verdict.str.startswith("holds").any()  # one seed decides nothing
+    assert "1 seed, no CI" in (tmp_path / "out" / "table1_novelty.md").read_text()
+
+
+def test_figures_say_which_profile_and_seeds(mini, tmp_path):
+    note = figures.profile_note(Study(mini, tmp_path), [0, 1])
+    assert "profile mini" in note and "NOT the paper's numbers" in note and "2 seeds (0, 1)" in note
+    assert "NOT" not in figures.profile_note(Study(load_profile("paper"), tmp_path), [0, 1, 2, 3, 4])

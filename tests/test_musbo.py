@@ -1,0 +1,132 @@
+"""MUSBO's own equations (eqs. 9, 11, 12, 13, 22) on hand-checkable inputs."""
+import numpy as np
+import pytest
+import torch
+
+import algos.musbo as musbo_module
+from algos.config import resolve_run_config
+from algos.core.dataset import DeploymentDataset
+from algos.core.ensemble import Prediction
+from algos.musbo import MUSBO
+from envs.collector import collect
+
+OBS, ACT = 17, 6
+
+
+def make(*overrides, env="halfcheetah"):
+    cfg = resolve_run_config("smoke", "musbo", env, "500k", 0, list(overrides))
+    return MUSBO(env, cfg, OBS, ACT, torch.device("cpu"), 0)
+
+
+def fake_labeler(algo, member_offsets):
+    """The labeler's K members predict s' + offset_k along state dimension 0."""
+    offsets = torch.tensor(member_offsets, dtype=torch.float32)
+
+    def predict(obs, act, member=None):
+        obs = torch.as_tensor(obs, dtype=torch.float32)
+        mu = obs.expand(len(offsets), -1, -1).clone()
+        mu[:, :, 0] += offsets[:, None]
+        return Prediction(mu, None, None)
+
+    algo.labeler.predict = predict
+    algo.labeler_ready = True
+
+
+def batch_with_next_obs_equal_obs(n=4):
+    obs = np.random.default_rng(0).normal(size=(n, OBS)).astype(np.float32)
+    return {"obs": obs, "act": np.zeros((n, ACT), np.float32), "next_obs": obs.copy()}
+
+
+def test_eq9_labels_of_the_first_batch_are_one():
+    algo = make()
+    assert not algo.labeler_ready
+    np.testing.assert_array_equal(algo.label_batch(batch_with_next_obs_equal_obs(), 1), np.ones(4))
+
+
+def test_eq9_default_reading_takes_the_largest_error_of_the_members():
+    algo = make()
+    fake_labeler(algo, [0.1, 0.5, 0.3])           # squared errors 0.01, 0.25, 0.09
+    labels = algo.label_batch(batch_with_next_obs_equal_obs(), 2)
+    np.testing.assert_allclose(labels, 1 - 0.25, rtol=1e-6)
+    fake_labeler(algo, [0.1, 2.0, 0.3])           # error 4 is clipped to 1
+    np.testing.assert_allclose(algo.label_batch(batch_with_next_obs_equal_obs(), 2), 0.0, atol=1e-7)
+
+
+def test_eq9_typeset_reading_takes_the_best_member():
+    algo = make("musbo.label_reading=max_label")
+    fake_labeler(algo, [0.1, 0.5, 0.3])
+    np.testing.assert_allclose(algo.label_batch(batch_with_next_obs_equal_obs(), 2), 1 - 0.01, rtol=1e-6)
+
+
+def test_eq12_is_the_disagreement_of_two_different_members():
+    algo = make()
+    fake_labeler(algo, [0.0, 1.0])                # K = 2: k != l forces the pair (0, 1)
+    obs = torch.zeros(1000, OBS)
+    labels = algo.imagined_labels(obs, torch.zeros(1000, ACT), torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(labels.numpy(), np.exp(-0.028 * 1.0), rtol=1e-6)
+    fake_labeler(algo, [0.0, 1.0, 3.0])           # K = 3: never the same member twice (label 1)
+    labels = algo.imagined_labels(obs, torch.zeros(1000, ACT), torch.Generator().manual_seed(0)).numpy()
+    possible = np.exp(-0.028 * np.array([1.0, 9.0, 4.0]))
+    assert np.all(np.min(np.abs(labels[:, None] - possible[None]), axis=1) < 1e-6)
+    assert len(np.unique(labels.round(6))) == 3 and np.all(labels < 1)
+
+
+@pytest.mark.parametrize("mode, u, expected_std", [
+    ("eq22", 0.5, np.hypot(0.01, 0.5)),           # sigma = U: more noise where U is high (as written)
+    ("one_minus_u", 0.9, np.hypot(0.01, 0.1)),    # sigma = 1 - U
+    ("none", 0.5, 0.01),                          # only the constant noise eps_c
+])
+def test_eq22_exploration_noise(mode, u, expected_std):
+    algo = make(f"musbo.exploration_noise={mode}")
+    algo.labeler_ready = True
+    algo.imagined_labels = lambda obs, act, gen: torch.full((len(obs),), u)
+    policy = algo.collection_policy(2)
+    obs = np.zeros((1, OBS), np.float32)
+    mean = algo.policy.numpy_policy("deterministic", clip=False)(obs)
+    noise = np.concatenate([policy(obs) - mean for _ in range(4000)])
+    np.testing.assert_allclose(noise.std(), expected_std, rtol=0.06)
+    assert abs(noise.mean()) < 4 * expected_std / np.sqrt(noise.size)
+    assert algo.collection_policy(1) is None     # deployment 1: uniform random actions
+
+
+def _train_capturing(monkeypatch, algo, dataset):
+    seen = {}
+    monkeypatch.setattr(musbo_module, "clone_policy", lambda policy, data, weights, cfg, gen: seen.update(bc=weights))
+    monkeypatch.setattr(musbo_module, "train_in_model",
+                        lambda *args: seen.update(label_fn=args[-1], member_choice=args[5]))
+    from contextlib import nullcontext
+    algo.train(dataset, 2, lambda phase: nullcontext())
+    return seen
+
+
+def small_dataset(algo):
+    dataset = DeploymentDataset(OBS, ACT)
+    for i in (1, 2):
+        batch = collect("halfcheetah", 300, None, seed=i, max_episode_steps=100)
+        dataset.add(batch, algo.label_batch(batch, i) if i == 1 else np.linspace(0, 1, 300, dtype=np.float32))
+    return dataset
+
+
+def test_eq11_and_eq13_use_the_labels_and_the_switch_removes_them(monkeypatch):
+    algo = make()
+    dataset = small_dataset(algo)
+    seen = _train_capturing(monkeypatch, algo, dataset)
+    np.testing.assert_array_equal(seen["bc"], dataset.all()["labels"])          # eq. 11 weights = U kept from arrival
+    assert seen["label_fn"] is not None and seen["member_choice"] == "per_iteration"   # eq. 12 weights in eq. 13
+    algo = make("musbo.uncertainty_weighting=false")
+    seen = _train_capturing(monkeypatch, algo, small_dataset(algo))
+    np.testing.assert_array_equal(seen["bc"], np.ones(600))
+    assert seen["label_fn"] is None
+
+
+def test_labeler_trained_on_earlier_batches_labels_the_new_one():
+    algo = make()
+    dataset = DeploymentDataset(OBS, ACT)
+    first = collect("halfcheetah", 300, None, seed=1, max_episode_steps=100)
+    dataset.add(first, algo.label_batch(first, 1))
+    from contextlib import nullcontext
+    algo.train(dataset, 1, lambda phase: nullcontext())
+    assert algo.labeler_ready
+    second = collect("halfcheetah", 300, algo.collection_policy(2), seed=2, max_episode_steps=100)
+    labels = algo.label_batch(second, 2)
+    assert labels.shape == (300,) and np.all((0 <= labels) & (labels <= 1)) and labels.min() < 1
