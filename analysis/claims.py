@@ -15,8 +15,8 @@ import pandas as pd
 
 from analysis import summaries
 from analysis.figures import env_label, label
-from analysis.metrics import Interval
-from analysis.output import markdown_table, write_csv, write_text
+from analysis.metrics import NO_ESTIMATE, Interval
+from analysis.output import fmt_interval, markdown_table, write_csv, write_text
 from analysis.results import SECTION5_BUDGET, Study
 from analysis.tables import PAPER_TABLE1
 
@@ -58,14 +58,6 @@ def verdict(outcomes: list[str | None], want: str, n_seeds: int) -> str:
     return f"{INCONCLUSIVE} at {n_seeds} seed{'s' if n_seeds != 1 else ''}"
 
 
-def fmt(ci: Interval, digits: int = 0) -> str:
-    if not np.isfinite(ci.point):
-        return "n/a"
-    if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
-        return f"{ci.point:.{digits}f} (no CI)"
-    return f"{ci.point:.{digits}f} [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"
-
-
 class Evidence:
     """The CIs the claims need, computed once."""
 
@@ -80,22 +72,22 @@ class Evidence:
         self.aggregate = summaries.aggregate(study)
 
     @staticmethod
-    def _pick(df: pd.DataFrame, **where) -> Interval:
+    def pick(df: pd.DataFrame, **where) -> Interval:
         r = df
         for k, v in where.items():
             r = r[r[k] == v]
         if r.empty:
-            return Interval(np.nan, np.nan, np.nan)
+            return NO_ESTIMATE
         r = r.iloc[0]
         return Interval(float(r["mean"]), float(r.low), float(r.high))
 
     def ret(self, algo, env, budget, deployment) -> Interval:
-        return self._pick(self.returns, name=algo, env=env, budget=budget, deployment=deployment)
+        return self.pick(self.returns, name=algo, env=env, budget=budget, deployment=deployment)
 
     def agg(self, measure, budget, name) -> Interval:
         r = self.aggregate[(self.aggregate.measure == measure) & (self.aggregate.budget == budget)
                            & (self.aggregate.name == name)]
-        return Interval(*r.iloc[0][["point", "low", "high"]]) if len(r) else Interval(np.nan, np.nan, np.nan)
+        return Interval(*r.iloc[0][["point", "low", "high"]]) if len(r) else NO_ESTIMATE
 
 
 def _baselines(study: Study) -> list[str]:
@@ -107,11 +99,11 @@ def _musbo_beats_baselines(ev: Evidence, cid, where, text, paper, env, budget, d
     outcomes, shown = [], []
     for d in deployments:
         m = ev.ret("musbo", env, budget, d)
-        parts = [f"MUSBO {fmt(m)}"]
+        parts = [f"MUSBO {fmt_interval(m)}"]
         for b in _baselines(study):
             bi = ev.ret(b, env, budget, d)
             outcomes.append(compare(m, bi) if np.isfinite(m.point) and np.isfinite(bi.point) else None)
-            parts.append(f"{label(b)} {fmt(bi)}")
+            parts.append(f"{label(b)} {fmt_interval(bi)}")
         shown.append(f"deployment {d}: " + " · ".join(parts))
     if all(o is None for o in outcomes) and all(not np.isfinite(ev.ret("musbo", env, budget, d).point)
                                                 for d in deployments):
@@ -153,7 +145,7 @@ def collect_claims(study: Study) -> list[Claim]:
             first, last = ev.ret(b, env, "500k", 1), ev.ret(b, env, "500k", I(env))
             o = compare(last, first)
             outcomes.append(None if o is None else "below" if o in ("below", "overlap") else "above")
-            shown.append(f"{label(b)}: deployment 1 {fmt(first)} → {I(env)} {fmt(last)}")
+            shown.append(f"{label(b)}: deployment 1 {fmt_interval(first)} → {I(env)} {fmt_interval(last)}")
         if all(not np.isfinite(ev.ret(b, env, "500k", I(env)).point) for b in _baselines(study)):
             outcomes = []
         claims.append(Claim("C3", "§4, Fig. 2", "Hopper (500k): the baselines (BREMEN, MOPO) are incapable of "
@@ -173,7 +165,7 @@ def collect_claims(study: Study) -> list[Claim]:
         o = None if not np.isfinite(m2.low) else ("above" if m2.low > CHEETAH_RUN_PAPER_SCORE else
                                                   "below" if m2.high < CHEETAH_RUN_PAPER_SCORE else "overlap")
         claims.append(Claim("C5", "§4, Fig. 3", "Cheetah-Run (500k): MUSBO already reaches 550 points at the "
-                            "second deployment.", "550 at deployment 2", f"MUSBO at deployment 2: {fmt(m2)}",
+                            "second deployment.", "550 at deployment 2", f"MUSBO at deployment 2: {fmt_interval(m2)}",
                             verdict([o] if np.isfinite(m2.point) else [], "above", n_seeds),
                             "MUSBO's deployment-2 CI above 550 (below: does not hold)"
                             + ("" if study.profile == "paper" else f"; profile {study.profile}'s smaller "
@@ -192,7 +184,7 @@ def collect_claims(study: Study) -> list[Claim]:
             outcomes = []
         claims.append(Claim("C6", "§4, Fig. 3", "Cheetah-Run (500k): the baselines need four to five deployments "
                             "to reach MUSBO's deployment-2 score.", "4-5 deployments",
-                            f"MUSBO at deployment 2: {fmt(m2)}<br>" + "<br>".join(shown),
+                            f"MUSBO at deployment 2: {fmt_interval(m2)}<br>" + "<br>".join(shown),
                             verdict(outcomes, "below", n_seeds),
                             "both baselines' CIs at deployments 2 and 3 below MUSBO's deployment-2 CI"))
 
@@ -228,7 +220,7 @@ def collect_claims(study: Study) -> list[Claim]:
         for a in study.algos:
             hi, lo = ev.agg("iqm", "500k", a), ev.agg("iqm", "250k", a)
             outcomes.append(compare(hi, lo) if np.isfinite(hi.point) and np.isfinite(lo.point) else None)
-            shown.append(f"{label(a)}: 500k {fmt(hi, 2)} vs 250k {fmt(lo, 2)}")
+            shown.append(f"{label(a)}: 500k {fmt_interval(hi, 2)} vs 250k {fmt_interval(lo, 2)}")
         claims.append(Claim("C10", "§4", "With half the data (250k), the performance of all algorithms is reduced.",
                             "no number", "IQM of normalised final return across envs:<br>" + "<br>".join(shown),
                             verdict(outcomes, "above", n_seeds),
@@ -244,10 +236,10 @@ def collect_claims(study: Study) -> list[Claim]:
                         "BREMEN's at every deployment, so its own Table 1 contradicts the claim"))
     outcomes, shown = [], []
     for d in deps:
-        m, b = ev._pick(ev.novelty, name="musbo", deployment=d), ev._pick(ev.novelty, name="bremen", deployment=d)
+        m, b = ev.pick(ev.novelty, name="musbo", deployment=d), ev.pick(ev.novelty, name="bremen", deployment=d)
         if np.isfinite(m.point) and np.isfinite(b.point):
             outcomes.append(compare(m, b))
-        shown.append(f"deployment {d}: MUSBO {fmt(m, 3)} · BREMEN {fmt(b, 3)}")
+        shown.append(f"deployment {d}: MUSBO {fmt_interval(m, 3)} · BREMEN {fmt_interval(b, 3)}")
     claims.append(Claim("C12", "§5, Table 1", f"MUSBO finds more novel data than BREMEN ({env_label(cfg['novelty_env'])}, "
                         f"{SECTION5_BUDGET}; our runs).", paper_txt, "cosine similarity:<br>" + "<br>".join(shown),
                         verdict(outcomes, "below", len(study.ablation_seeds)),
@@ -255,14 +247,14 @@ def collect_claims(study: Study) -> list[Claim]:
     n_dep = study.deployments(cfg["model_eval_env"])
     for cid, metric, what in (("C13", "energy_distance", "energy distance"), ("C14", "trajectory_mse", "trajectory MSE")):
         d = ev.model_eval[ev.model_eval.metric == metric]
-        m, b = ev._pick(d, name="musbo", deployment=n_dep), ev._pick(d, name="bremen", deployment=n_dep)
-        first = (ev._pick(d, name="musbo", deployment=1), ev._pick(d, name="bremen", deployment=1))
+        m, b = ev.pick(d, name="musbo", deployment=n_dep), ev.pick(d, name="bremen", deployment=n_dep)
+        first = (ev.pick(d, name="musbo", deployment=1), ev.pick(d, name="bremen", deployment=1))
         ok = np.isfinite(m.point) and np.isfinite(b.point)
         claims.append(Claim(cid, "§5, Fig. 6", f"MUSBO learns a more accurate model than BREMEN: lower {what} of "
                             f"imagined vs real rollouts as deployments increase ({env_label(cfg['model_eval_env'])}).",
                             "no number; Fig. 6 curves (close at first, MUSBO lower later)",
-                            f"deployment 1: MUSBO {fmt(first[0], 3)} · BREMEN {fmt(first[1], 3)}<br>"
-                            f"deployment {n_dep}: MUSBO {fmt(m, 3)} · BREMEN {fmt(b, 3)}",
+                            f"deployment 1: MUSBO {fmt_interval(first[0], 3)} · BREMEN {fmt_interval(first[1], 3)}<br>"
+                            f"deployment {n_dep}: MUSBO {fmt_interval(m, 3)} · BREMEN {fmt_interval(b, 3)}",
                             verdict([compare(m, b)] if ok else [], "below", len(study.ablation_seeds)),
                             f"MUSBO's CI below BREMEN's at the last deployment ({n_dep})"))
 
@@ -273,7 +265,7 @@ def collect_claims(study: Study) -> list[Claim]:
             p = ev.agg("poi", budget, f"musbo>{b}")
             outcomes.append(None if not np.isfinite(p.low) else
                             "above" if p.low > 0.5 else "below" if p.high < 0.5 else "overlap")
-            shown.append(f"P(MUSBO > {label(b)}) = {fmt(p, 2)}")
+            shown.append(f"P(MUSBO > {label(b)}) = {fmt_interval(p, 2)}")
         if all(not np.isfinite(ev.agg("poi", budget, f"musbo>{b}").point) for b in _baselines(study)):
             outcomes = []
         claims.append(Claim(f"C15-{budget}", "Abstract, §6", f"MUSBO outperforms the baselines overall ({budget}).",

@@ -14,14 +14,12 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
-from scipy.spatial.distance import cdist
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 BOOTSTRAP_METHOD = "percentile"
 BOOTSTRAP_SEED = 0
 IQM_TRIM = 0.25  # the interquartile mean drops the lowest and highest 25 % of the scores
-_MAX_PAIRWISE_ELEMENTS = 4_000_000  # ~32 MB of float64 per distance block
 
 
 class Interval(NamedTuple):
@@ -82,42 +80,9 @@ def cosine_novelty_per_deployment(batches: Sequence[np.ndarray]) -> list[float]:
     return out
 
 
-# ---- accuracy of imagined rollouts (Fig. 6) ----
+# ---- accuracy of imagined rollouts (Fig. 6): one implementation, shared with the run ----
 
-def _mean_pairwise_distance(a: np.ndarray, b: np.ndarray) -> float:
-    rows = max(1, _MAX_PAIRWISE_ELEMENTS // len(b))
-    total = sum(cdist(a[i:i + rows], b).sum() for i in range(0, len(a), rows))
-    return total / (len(a) * len(b))
-
-
-def energy_distance(x, y) -> float:
-    """Energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| of two samples (rows = vectors; a 1-D
-    array is a sample of scalars), Euclidean norm, V-statistic (the means include the i = j
-    pairs), the convention of dcor.energy_distance. Computed in blocks of rows, so memory
-    stays bounded for large samples."""
-    x, y = (np.asarray(v, dtype=np.float64) for v in (x, y))
-    x, y = (v[:, None] if v.ndim == 1 else v for v in (x, y))
-    x, y = _as_rows(x, "x"), _as_rows(y, "y")
-    return float(2 * _mean_pairwise_distance(x, y) - _mean_pairwise_distance(x, x)
-                 - _mean_pairwise_distance(y, y))
-
-
-def trajectory_mse(imagined, real) -> float:
-    """Trajectory-wise MSE: per trajectory, the mean over steps and state dims of the
-    squared error between imagined and real states; then the mean over trajectories.
-    Accepts one trajectory [T, dim], a stack [n, T, dim], or two equal-length sequences of
-    [T_i, dim] arrays (trajectories may differ in length)."""
-    if isinstance(imagined, np.ndarray) and imagined.ndim == 2:
-        imagined, real = [imagined], [real]
-    if len(imagined) != len(real) or len(imagined) == 0:
-        raise ValueError(f"need the same non-zero number of trajectories: {len(imagined)} vs {len(real)}")
-    per_traj = []
-    for im, re in zip(imagined, real):
-        im, re = np.asarray(im, dtype=np.float64), np.asarray(re, dtype=np.float64)
-        if im.shape != re.shape:
-            raise ValueError(f"trajectory shapes differ: {im.shape} vs {re.shape}")
-        per_traj.append(np.mean((im - re) ** 2))
-    return float(np.mean(per_traj))
+from algos.core.model_eval import energy_distance, trajectory_mse  # noqa: E402,F401  (re-exported)
 
 
 # ---- interval estimates ----

@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 PNG_DPI = 130
@@ -44,6 +45,16 @@ def save_figure(fig, out_dir: Path | str, name: str) -> list[Path]:
         tmp, format="png", dpi=PNG_DPI, bbox_inches="tight"))
     plt.close(fig)
     return [pdf, png]
+
+
+def fmt_interval(ci, digits: int = 0) -> str:
+    """'point [low, high]'; 'point (no CI)' without bounds (one seed); 'n/a' without a point."""
+    point, low, high = ci
+    if not np.isfinite(point):
+        return "n/a"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{point:.{digits}f} (no CI)"
+    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def write_csv(path: Path | str, df: pd.DataFrame) -> Path:

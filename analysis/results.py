@@ -206,7 +206,8 @@ class Study:
         main, abl = self.main_keys(), self.ablation_keys()
         miss_main, miss_abl = self.missing(main), self.missing(abl)
         extra = sorted(set(self.found_keys()) - set(self.planned_keys()))
-        no_batches = [k for k in self.novelty_keys() if self.exists(k) and self.batch_obs(k) is None]
+        no_batches = [k for k in self.novelty_keys()
+                      if self.exists(k) and not all(f.is_file() for f in self.batch_files(k))]
         no_model_eval = [k for k in self.model_eval_keys()
                          if self.exists(k) and not (k.path(self.root) / "model_eval.csv").is_file()]
         lines = [f"# Missing runs: profile `{self.profile}`, results `{self.root}`", "",

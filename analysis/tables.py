@@ -11,7 +11,8 @@ import pandas as pd
 
 from analysis import summaries
 from analysis.figures import env_label, label
-from analysis.output import write_table
+from analysis.metrics import Interval
+from analysis.output import fmt_interval, write_table
 from analysis.profile import env_run_config
 from analysis.results import SECTION5_BUDGET, Study
 
@@ -23,14 +24,6 @@ TABLE1, TABLE2, TABLE2_PROFILE = "table1_novelty", "table2_hyperparameters", "ta
 # The paper's Table 1 (cosine similarity, deployments 2-5).
 PAPER_TABLE1 = {"musbo": {2: 0.994, 3: 0.963, 4: 0.945, 5: 0.944},
                 "bremen": {2: 0.974, 3: 0.909, 4: 0.894, 5: 0.865}}
-
-
-def fmt_ci(mean: float, low: float, high: float, n: int, digits: int = 3) -> str:
-    if n == 0 or not np.isfinite(mean):
-        return "n/a"
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return f"{mean:.{digits}f} (1 seed, no CI)"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def table1(study: Study, out: Path) -> list[Path]:
@@ -46,7 +39,7 @@ def table1(study: Study, out: Path) -> list[Path]:
             paper = PAPER_TABLE1.get(algo, {}).get(dep, np.nan)
             c.update({f"{algo}_mean": mean, f"{algo}_ci_low": low, f"{algo}_ci_high": high,
                       f"{algo}_n_seeds": int(n), f"{algo}_paper": paper})
-            s[f"{label(algo)} (ours)"] = fmt_ci(mean, low, high, int(n))
+            s[f"{label(algo)} (ours)"] = fmt_interval(Interval(mean, low, high), 3)
             if algo in PAPER_TABLE1:
                 s[f"{label(algo)} (paper)"] = f"{paper:.3f}" if np.isfinite(paper) else "-"
         csv.append(c)

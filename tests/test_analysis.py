@@ -203,7 +203,7 @@ def test_one_seed_profile_gives_points_without_cis(tmp_path):
     targets.run("all", "smoke", tmp_path / "res", tmp_path / "out")
     claims = pd.read_csv(tmp_path / "out" / "claims.csv")
     assert not claims.verdict.str.startswith("holds").any()  # one seed decides nothing
-    assert "1 seed, no CI" in (tmp_path / "out" / "table1_novelty.md").read_text()
+    assert "(no CI)" in (tmp_path / "out" / "table1_novelty.md").read_text()
 
 
 def test_figures_say_which_profile_and_seeds(mini, tmp_path):

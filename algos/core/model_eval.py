@@ -1,29 +1,51 @@
-"""Accuracy of imagined rollouts against real ones (the paper's Fig. 6)."""
+"""Accuracy of imagined rollouts against real ones (the paper's Fig. 6). The run writes these
+numbers to model_eval.csv; analysis.metrics re-exports the same functions."""
+from __future__ import annotations
+
 import numpy as np
-import torch
+from scipy.spatial.distance import cdist
+
+# Pairwise-distance blocks hold at most this many float64 entries (~32 MB).
+_MAX_PAIRWISE_ELEMENTS = 4_000_000
 
 
-def _mean_pairwise_distance(x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
-    """E||X - Y|| over all pairs, in chunks so that memory stays O(chunk * len(y))."""
-    total = 0.0
-    for i in range(0, len(x), chunk):
-        total += torch.cdist(x[i:i + chunk], y).sum().item()
-    return total / (len(x) * len(y))
+def _rows(x, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array [n, dim], got shape {x.shape}")
+    return x
+
+
+def _mean_pairwise_distance(a: np.ndarray, b: np.ndarray) -> float:
+    rows = max(1, _MAX_PAIRWISE_ELEMENTS // len(b))
+    total = sum(cdist(a[i:i + rows], b).sum() for i in range(0, len(a), rows))
+    return total / (len(a) * len(b))
 
 
 def energy_distance(x, y) -> float:
-    """2 E||X - Y|| - E||X - X'|| - E||Y - Y'|| for two samples of vectors (rows); the
-    V-statistic (all pairs, self-pairs included), the convention of dcor.energy_distance."""
-    x = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
-    y = torch.as_tensor(np.asarray(y, dtype=np.float64).reshape(len(y), -1))
-    if len(x) == 0 or len(y) == 0:
-        raise ValueError("energy_distance needs two non-empty samples")
-    return 2 * _mean_pairwise_distance(x, y) - _mean_pairwise_distance(x, x) - _mean_pairwise_distance(y, y)
+    """Energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| of two samples (rows = vectors; a 1-D
+    array is a sample of scalars), Euclidean norm, V-statistic (the means include the i = j
+    pairs), the convention of dcor.energy_distance. Computed in blocks of rows, so memory
+    stays bounded for large samples."""
+    x, y = _rows(x, "x"), _rows(y, "y")
+    return float(2 * _mean_pairwise_distance(x, y) - _mean_pairwise_distance(x, x)
+                 - _mean_pairwise_distance(y, y))
 
 
 def trajectory_mse(imagined, real) -> float:
-    """Mean over steps and state dimensions of the squared error of one replayed trajectory."""
-    imagined, real = np.asarray(imagined, dtype=np.float64), np.asarray(real, dtype=np.float64)
-    if imagined.shape != real.shape:
-        raise ValueError(f"trajectory shapes differ: {imagined.shape} vs {real.shape}")
-    return float(np.mean((imagined - real) ** 2))
+    """Trajectory-wise MSE: per trajectory, the mean over steps and state dims of the
+    squared error between imagined and real states; then the mean over trajectories.
+    Accepts one trajectory [T, dim], a stack [n, T, dim], or two equal-length sequences of
+    [T_i, dim] arrays (trajectories may differ in length)."""
+    if isinstance(imagined, np.ndarray) and imagined.ndim == 2:
+        imagined, real = [imagined], [real]
+    if len(imagined) != len(real) or len(imagined) == 0:
+        raise ValueError(f"need the same non-zero number of trajectories: {len(imagined)} vs {len(real)}")
+    per_traj = []
+    for im, re in zip(imagined, real):
+        im, re = np.asarray(im, dtype=np.float64), np.asarray(re, dtype=np.float64)
+        if im.shape != re.shape:
+            raise ValueError(f"trajectory shapes differ: {im.shape} vs {re.shape}")
+        per_traj.append(np.mean((im - re) ** 2))
+    return float(np.mean(per_traj))

@@ -23,7 +23,7 @@ import time
 import torch
 from torch import nn
 
-from algos.core.policy import MIN_OBS_STD, GaussianPolicy, gaussian_kl, gaussian_log_prob
+from algos.core.policy import MIN_OBS_STD, GaussianPolicy, MeanLinearization, gaussian_kl, gaussian_log_prob
 
 # BREMEN's linear baseline (rllab's LinearFeatureBaseline): observations clipped to +-10 before
 # the features, ridge coefficient 1e-5 (raised x10 while the solution is not finite).
@@ -211,7 +211,7 @@ def conjugate_gradient(Avp, b: torch.Tensor, iters: int, residual_tol: float = 1
 
 
 def fisher_vector_product(policy: GaussianPolicy, obs: torch.Tensor, damping: float,
-                          method: str = "gauss_newton"):
+                          method: str = "gauss_newton", linearization: MeanLinearization | None = None):
     """v -> (F + damping I) v, F the Hessian at the current parameters of the mean over `obs`
     of KL(pi_current || pi_theta) (the Fisher information of the policy).
 
@@ -219,10 +219,11 @@ def fisher_vector_product(policy: GaussianPolicy, obs: torch.Tensor, damping: fl
     M = diag(1/sigma^2), plus 2 I on the log-std (0 where it sits on its floor); two hand-written
     Jacobian products per call (policy.MeanLinearization).
     double_backward: autograd through the gradient of the KL.
+    `linearization`: policy.mean_linearization(obs) if the caller already has it.
     """
     params = policy_parameters(policy)
     if method == "gauss_newton":
-        lin = policy.mean_linearization(obs)
+        lin = linearization if linearization is not None else policy.mean_linearization(obs)
         with torch.no_grad():
             log_std = policy.clamped_log_std()
             mean_scale = torch.exp(-2.0 * log_std) / obs.shape[0]
@@ -260,6 +261,23 @@ def surrogate_from_log_probs(log_prob, old_log_prob, advantages, weights) -> tor
     return terms.mean()
 
 
+def surrogate_gradient(policy: GaussianPolicy, lin: MeanLinearization, act, advantages, weights) -> torch.Tensor:
+    """The gradient of eq. 13 at theta = theta_old (flat, policy_parameters order), where the ratio
+    is 1: g = mean[ w A grad log pi(a|s) ], with d log pi / d mean = (a - mean) / sigma^2 chained
+    through the mean network by one vector-Jacobian product, and d log pi / d log-std =
+    (a - mean)^2 / sigma^2 - 1 (0 where the log-std sits on its floor). Equals autograd on
+    weighted_surrogate (tests), without a second forward pass and its graph."""
+    with torch.no_grad():
+        coef = (advantages if weights is None else advantages * weights).unsqueeze(1) / act.shape[0]
+        log_std = policy.clamped_log_std()
+        inv_var = torch.exp(-2.0 * log_std)
+        err = act - lin.mean
+        g_mean = lin.vjp(coef * err * inv_var)
+        g_log_std = (coef * (err.pow(2) * inv_var - 1.0)).sum(0)
+        g_log_std = g_log_std * (policy.log_std > policy.min_log_std).to(g_log_std.dtype)
+        return flat([*g_mean, g_log_std])
+
+
 def backtracking_line_search(policy, flat_old, fullstep, evaluate, surrogate_before: float, delta: float,
                              steps: int, decay: float):
     """Try theta_old + decay^k * fullstep, k = 0..steps-1; keep the first that improves the
@@ -287,29 +305,28 @@ def trpo_step(policy: GaussianPolicy, obs, act, advantages, weights=None, *, del
     Krylov space that holds s), which spares one Fisher-vector product.
     """
     t0 = time.perf_counter()
-    params = policy_parameters(policy)
-    flat_old = flat(params).detach().clone()
-    mean, log_std = policy.distribution(obs)  # one forward pass: pi_old and the graph for the gradient
-    log_prob = gaussian_log_prob(mean, log_std, act)
-    old_mean, old_log_std, old_log_prob = mean.detach(), log_std.detach(), log_prob.detach()
-    surrogate = surrogate_from_log_probs(log_prob, old_log_prob, advantages, weights)  # eq. 13
-    grad = flat(torch.autograd.grad(surrogate, params)).detach()
-    _check_finite("surrogate gradient", surrogate, grad)
-    surrogate_before = float(surrogate.detach())
-    del mean, log_std, log_prob, surrogate  # free the forward graph before the Fisher products
+    flat_old = flat(policy_parameters(policy)).detach().clone()
+    lin = policy.mean_linearization(obs)  # one forward pass: pi_old, and Jacobian products at theta_old
+    with torch.no_grad():
+        old_mean, old_log_std = lin.mean, policy.clamped_log_std().expand_as(lin.mean)
+        old_log_prob = gaussian_log_prob(old_mean, old_log_std, act)
+        surrogate_before = float(surrogate_from_log_probs(old_log_prob, old_log_prob, advantages, weights))
+    grad = surrogate_gradient(policy, lin, act, advantages, weights)
+    _check_finite("surrogate gradient", grad, torch.tensor(surrogate_before))
     t1 = time.perf_counter()
     result = dict(kl=0.0, surrogate_before=surrogate_before, surrogate_after=surrogate_before,
                   step_fraction=0.0, accepted=False, time_grad=t1 - t0, time_cg=0.0, time_line_search=0.0)
     if not bool(grad.abs().max() > 0):
         return result
 
-    fvp_obs = obs
     if fvp_subsample < 1.0:
         n = max(1, int(round(fvp_subsample * obs.shape[0])))
         dev = generator.device if generator is not None else "cpu"
         idx = torch.randperm(obs.shape[0], generator=generator, device=dev)[:n].to(obs.device)
-        fvp_obs = obs[idx]
-    Fvp = fisher_vector_product(policy, fvp_obs, cg_damping, fvp_method)
+        del lin  # its [B, hidden] tensors: the subset gets its own
+        Fvp = fisher_vector_product(policy, obs[idx], cg_damping, fvp_method)
+    else:
+        Fvp = fisher_vector_product(policy, obs, cg_damping, fvp_method, linearization=lin)
     stepdir = conjugate_gradient(Fvp, grad, cg_iters)
     shs = 0.5 * (stepdir @ grad)
     _check_finite("natural gradient step", stepdir, shs)
