@@ -153,9 +153,10 @@ def make_algorithm(cfg: dict, device: torch.device):
     return getattr(importlib.import_module(module), cls)(cfg["env"], cfg, spec.obs_dim, spec.act_dim, device, cfg["seed"])
 
 
-def evaluate(cfg: dict, algo, deployment: int) -> tuple[list[dict], dict]:
+def evaluate(cfg: dict, algo, deployment: int, obs_range: tuple) -> tuple[list[dict], dict]:
     """Eval returns of the deterministic policy, and the Fig. 6 model accuracy: the first
-    `model_eval_episodes` real episodes replayed open-loop in the learned model."""
+    `model_eval_episodes` real episodes replayed open-loop in the learned model (ensemble mean,
+    predictions clipped to the range of D_all as in training's imagined rollouts)."""
     episodes = run_episodes(cfg["env"], algo.eval_policy(), cfg["eval_episodes"],
                             seed=stream_seed(cfg["seed"], "eval", deployment),
                             max_episode_steps=cfg["max_episode_steps"])
@@ -163,7 +164,7 @@ def evaluate(cfg: dict, algo, deployment: int) -> tuple[list[dict], dict]:
     model = algo.dynamics_model()
     for ep in episodes[: cfg["model_eval_episodes"]]:
         with torch.no_grad():
-            pred = model.predict_trajectory(ep["obs"][:1], ep["act"][None])[0]
+            pred = model.predict_trajectory(ep["obs"][:1], ep["act"][None], clip_obs=obs_range)[0]
         imagined.append(pred.detach().cpu().numpy() if torch.is_tensor(pred) else np.asarray(pred))
         real.append(ep["next_obs"])
     real_all, imagined_all = np.concatenate(real), np.concatenate(imagined)
@@ -240,7 +241,8 @@ def run(cfg: dict, out: Path) -> None:
             dataset.add(batch, label_batch(batch, deployment) if label_batch else None)
         algo.train(dataset, deployment, timer)
         with timer("eval"):
-            episodes, model_row = evaluate(cfg, algo, deployment)
+            data = dataset.all()
+            episodes, model_row = evaluate(cfg, algo, deployment, (data["obs"].min(0), data["obs"].max(0)))
         returns = np.array([ep["ret"] for ep in episodes])
         rows["metrics"].append({"deployment": deployment, "samples_total": len(dataset),
                                 "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),

@@ -12,7 +12,8 @@ What is counted:
   train_<size>_loop             the textbook alternative: one nn.Linear MLP and one Adam per member,
                                 stepped in a Python loop (same batch size, same data)
   *_frac_peak                   FLOP rate / gemm_gflops, FLOPs = 3 x 2 x sum_layers(in x out) per
-                                member-sample (forward 2 in out, backward twice that)
+                                member-sample (forward 2 in out, backward twice that); the bf16
+                                row also against gemm_gflops_bf16 (*_frac_bf16_peak)
   rollout_<size>_transitions_per_s   algos.core.rollouts.imagine from 50k start states (quick: 2k),
                                 one member per step (per_step), algos.core.policy.GaussianPolicy (2 x 200),
                                 HalfCheetah's model reward and termination; frac_peak counts the
@@ -188,6 +189,8 @@ def run(quick: bool, threads: int | None = None, clock: str = "wall") -> dict:
         unit = "transitions_per_s" if key.startswith("rollout") else "member_samples_per_s"
         out[f"{key}_{unit}"] = rate
         out[f"{key}_frac_peak"] = rate * flop / 1e9 / out["gemm_gflops"]
+        if key.endswith("bf16"):
+            out[f"{key}_frac_bf16_peak"] = rate * flop / 1e9 / out["gemm_gflops_bf16"]
     out["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     return out
 

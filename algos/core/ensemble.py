@@ -256,9 +256,7 @@ class DynamicsEnsemble(nn.Module):
 
         gen_device = generator.device if generator is not None else torch.device("cpu")
         perm = torch.randperm(n, generator=generator, device=gen_device).to(dev)
-        n_hold = int(holdout * n)
-        if holdout_max is not None:
-            n_hold = min(n_hold, int(holdout_max))
+        n_hold = int(holdout * n) if holdout_max is None else min(int(holdout * n), int(holdout_max))
         n_hold = min(n_hold, n - 1)
         train_idx, hold_idx = perm[n_hold:], perm[:n_hold]
 
@@ -273,34 +271,28 @@ class DynamicsEnsemble(nn.Module):
         n_train, M = x_train.shape[0], self.members
 
         decays = _per_layer(weight_decay, len(self.net.layers))
-        bounds = [p for p in (getattr(self.net, "max_logvar", None), getattr(self.net, "min_logvar", None))
-                  if isinstance(p, nn.Parameter)]
         optim = _adam(list(self.parameters()), lr)
-        member_params = [p for p in self.net.layers.parameters()]
+        member_params = list(self.net.layers.parameters())      # [M, ...]: snapshotted per member
+        shared_params = [p for p in (getattr(self.net, "max_logvar", None), getattr(self.net, "min_logvar", None))
+                         if isinstance(p, nn.Parameter)]       # learnable bounds, shared by the members
 
         best = self._val_mse(x_val, y_val)
         best_epoch = [0] * M
         snapshot = [p.detach().clone() for p in member_params]
-        bound_snapshot = [p.detach().clone() for p in bounds]
-        history = {"val_loss": [best.tolist()], "train_loss": []}
+        shared_snapshot = [p.detach().clone() for p in shared_params]
+        val_history, train_history = [best.tolist()], []
         stale, epoch = 0, 0
         self.train()
         for epoch in range(1, max_epochs + 1):
             # One shuffled order per member: [M, n_train] indices, drawn on the generator's device.
             order = torch.argsort(torch.rand(M, n_train, generator=generator, device=gen_device), dim=1).to(dev)
             epoch_loss = x.new_zeros(())
-            steps = 0
             for start in range(0, n_train, batch_size):
-                idx = order[:, start:start + batch_size]
-                rows = idx.reshape(-1)  # index_select: several times faster than x_train[idx] on CPU
+                rows = order[:, start:start + batch_size].reshape(-1)
+                # index_select: several times faster than x_train[idx] with a 2-D index on CPU
                 xb = x_train.index_select(0, rows).view(M, -1, x_train.shape[1])
                 yb = y_train.index_select(0, rows).view(M, -1, y_train.shape[1])
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = self.net(xb)
-                if self.probabilistic:
-                    data_loss = gaussian_nll(out[0].float(), out[1].float(), yb)
-                else:
-                    data_loss = (out.float() - yb).square().mean(dim=(1, 2))
+                data_loss = self._data_loss(xb, yb, bf16)
                 loss = data_loss.sum()
                 if any(decays):
                     loss = loss + self.net.weight_decay_penalty(decays)
@@ -310,22 +302,21 @@ class DynamicsEnsemble(nn.Module):
                 loss.backward()
                 optim.step()
                 epoch_loss += data_loss.detach().mean()
-                steps += 1
-            mean_loss = (epoch_loss / steps).item()
+            mean_loss = (epoch_loss / math.ceil(n_train / batch_size)).item()  # one sync per epoch
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(f"non-finite training loss {mean_loss} in epoch {epoch} "
                                          f"(phase=model, {'NLL' if self.probabilistic else 'MSE'})")
-            history["train_loss"].append(mean_loss)
+            train_history.append(mean_loss)
 
             val = self._val_mse(x_val, y_val)
-            history["val_loss"].append(val.tolist())
+            val_history.append(val.tolist())
             improved = val < best * (1.0 - improvement_threshold)
             if bool(improved.any()):
                 best = torch.where(improved, val, best)
                 with torch.no_grad():
                     for p, s in zip(member_params, snapshot):
                         s[improved] = p[improved]
-                    for p, s in zip(bounds, bound_snapshot):
+                    for p, s in zip(shared_params, shared_snapshot):
                         s.copy_(p)
                 for m in improved.nonzero().flatten().tolist():
                     best_epoch[m] = epoch
@@ -338,17 +329,23 @@ class DynamicsEnsemble(nn.Module):
                 break
 
         with torch.no_grad():
-            for p, s in zip(member_params, snapshot):
-                p.copy_(s)
-            for p, s in zip(bounds, bound_snapshot):
+            for p, s in zip(member_params + shared_params, snapshot + shared_snapshot):
                 p.copy_(s)
         self.eval()
         if n_elites is not None:
             self.elites = torch.argsort(best)[:n_elites].to(self.elites.device)
         return {"epochs": epoch, "best_val": best.tolist(), "best_epoch": best_epoch,
-                "val_loss": history["val_loss"], "train_loss": history["train_loss"],
+                "val_loss": val_history, "train_loss": train_history,
                 "elites": self.elites.tolist(), "n_train": n_train, "n_holdout": n_hold,
                 "holdout_idx": hold_idx.cpu().numpy()}
+
+    def _data_loss(self, xb: torch.Tensor, yb: torch.Tensor, bf16: bool) -> torch.Tensor:
+        """Per-member training loss [M]: MSE (eq. 8) or Gaussian NLL (eq. 10), standardised targets."""
+        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self.net(xb)
+        if self.probabilistic:
+            return gaussian_nll(out[0].float(), out[1].float(), yb)
+        return (out.float() - yb).square().mean(dim=(1, 2))
 
     # ---- prediction ----------------------------------------------------------------------
     def _forward_members(self, x: torch.Tensor, members) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -400,14 +397,18 @@ class DynamicsEnsemble(nn.Module):
         return self._to_prediction(obs, mean, logvar)
 
     @torch.no_grad()
-    def predict_trajectory(self, obs0, actions, member: str | int = "mean") -> torch.Tensor:
+    def predict_trajectory(self, obs0, actions, member: str | int = "mean", clip_obs: tuple | None = None) -> torch.Tensor:
         """Open-loop replay (Fig. 6): from obs0 [N, obs_dim], feed the recorded actions
         [N, T, act_dim] and the model's own predictions back in. Returns the predicted states
         s_1..s_T, [N, T, obs_dim]. member="mean": the ensemble mean next state at every step;
-        an int: that member alone."""
+        an int: that member alone. clip_obs=(low, high) clamps every predicted state into that
+        box, as the imagined rollouts of training do (an open-loop replay of 1000 steps can
+        otherwise diverge to inf)."""
         dev = self.device
         obs = _as_tensor(obs0, dev)
         actions = _as_tensor(actions, dev)
+        if clip_obs is not None:
+            low, high = (_as_tensor(b, dev) for b in clip_obs)
         out = []
         for t in range(actions.shape[1]):
             if member == "mean":
@@ -416,6 +417,8 @@ class DynamicsEnsemble(nn.Module):
                 obs = self.predict(obs, actions[:, t], member=int(member)).next_obs[0]
             else:
                 raise ValueError(f"member must be 'mean' or an int, got {member!r}")
+            if clip_obs is not None:
+                obs = torch.maximum(torch.minimum(obs, high), low)
             out.append(obs)
         return torch.stack(out, dim=1)
 
