@@ -21,6 +21,7 @@ BUDGETS = ("500k", "250k")
 # String-valued keys and the values they accept (the spec's switches).
 CHOICES = {
     "start_states": ("episode_starts", "all_states"),
+    "mopo.start_states": ("episode_starts", "all_states"),
     "trpo.baseline": ("linear", "mlp"),
     "musbo.member_choice": ("per_iteration", "per_step", "per_rollout"),
     "bremen.member_choice": ("per_iteration", "per_step", "per_rollout"),
@@ -139,7 +140,13 @@ def parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. trpo.delta=0.1")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; users mean a number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def resolve_run_config(profile: str, algo: str, env: str, budget: str, seed: int,
@@ -172,6 +179,10 @@ def resolve_run_config(profile: str, algo: str, env: str, budget: str, seed: int
         value = _check_type(key, value, schema[key])
         _check_value(key, value)
         _set(cfg, key, value)
+    layers = len(cfg["mopo"]["hidden"]) + 1
+    if len(cfg["mopo"]["weight_decay"]) != layers:
+        raise ConfigError(f"mopo.weight_decay has {len(cfg['mopo']['weight_decay'])} entries but mopo.hidden "
+                          f"{cfg['mopo']['hidden']} makes {layers} layers: give one decay per layer")
     batch_size = cfg["budget_samples"][budget] // cfg["deployments"]
     if batch_size < 1:
         raise ConfigError(f"budget_samples.{budget} is smaller than deployments={cfg['deployments']}")

@@ -103,12 +103,6 @@ class MOPO:
         self.env_name, self.cfg, self.m = env_name, cfg, cfg["mopo"]
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.device, self.seed = torch.device(device), int(seed)
-        if self.m["penalty"] not in PENALTIES:
-            raise ValueError(f"mopo.penalty must be one of {PENALTIES}, got {self.m['penalty']!r}")
-        layers = len(self.m["hidden"]) + 1
-        if isinstance(self.m["weight_decay"], list) and len(self.m["weight_decay"]) != layers:
-            raise ValueError(f"mopo.weight_decay has {len(self.m['weight_decay'])} entries but mopo.hidden "
-                             f"{self.m['hidden']} makes {layers} layers: give one decay per layer")
         self.model = self._new_model("init")
         self.sac = self._new_sac("init")
         self.stats: dict = {}
@@ -167,7 +161,7 @@ class MOPO:
             _, gen = rngs(self.seed, "mopo", "policy", deployment, device=self.device)
             self.sac.generator = gen
             real = ReplayBuffer.from_arrays(data, self.device)                    # D_env = D_all
-            starts = torch.as_tensor(dataset.start_states(self.cfg["start_states"]), device=self.device)
+            starts = torch.as_tensor(dataset.start_states(self.m["start_states"]), device=self.device)
             model_data = ReplayBuffer(self.model_buffer_capacity(), self.obs_dim, self.act_dim, self.device)
             termination = lambda s, a, s2: envs.model_termination(self.env_name, s, a, s2)  # noqa: E731
             penalties, lengths, losses = [], [], {}

@@ -29,6 +29,7 @@ def test_mini_and_smoke_override_only_sizes():
 def test_set_overrides_a_key_with_type_coercion():
     cfg = resolve_run_config("smoke", "musbo", "hopper", "500k", 0, ["trpo.delta=1", "musbo.exploration_noise=none"])
     assert cfg["trpo"]["delta"] == 1.0 and isinstance(cfg["trpo"]["delta"], float)
+    assert resolve_run_config("smoke", "musbo", "hopper", "500k", 0, ["trpo.delta=1e-3"])["trpo"]["delta"] == 1e-3
     assert cfg["musbo"]["exploration_noise"] == "none"
 
 

@@ -235,8 +235,9 @@ def test_retrain_from_scratch_switch_and_minus_act_dim_target():
 
 
 def test_weight_decay_must_give_one_value_per_layer():
-    with pytest.raises(ValueError, match="mopo.weight_decay"):
-        MOPO(ENV, tiny_cfg(weight_decay=[1e-5] * 5), OBS, ACT, torch.device("cpu"), seed=0)
+    from algos.config import ConfigError, resolve_run_config
+    with pytest.raises(ConfigError, match="mopo.weight_decay has 5 entries"):
+        resolve_run_config("smoke", "mopo", "hopper", "500k", 0, ["mopo.weight_decay=[0.1, 0.1, 0.1, 0.1, 0.1]"])
 
 
 def test_mopo_on_the_real_env_with_the_collector():
