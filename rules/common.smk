@@ -1,5 +1,5 @@
-# Paths and the "which runs does this output read" helpers of the workflow. Only functions and
-# names here; the rules live in runs.smk and analysis.smk.
+# The config check, the paths, and the "which runs does this output read" helpers of the
+# workflow; no rules here (they live in runs.smk and analysis.smk).
 import os
 import re
 import shlex
@@ -106,18 +106,12 @@ def main_runs(algos=None, envs=None, budgets=None, seeds=None):
 
 
 def ablation_runs():
-    """The ablation figure: MUSBO and each ablation on ablation_env at ablation_budget."""
-    where = dict(
-        envs=[config["ablation_env"]],
-        budgets=[config["ablation_budget"]],
-        seeds=config["ablation_seeds"],
-    )
-    return main_runs(algos=[ABLATION_ALGO], **where) + [
+    """The ablation figure's runs: MUSBO and each ablation, on ablation_env at ablation_budget."""
+    env, budget, seeds = config["ablation_env"], config["ablation_budget"], config["ablation_seeds"]
+    return main_runs(algos=[ABLATION_ALGO], envs=[env], budgets=[budget], seeds=seeds) + [
         f"{RESULTS}/ablations/{ablation}/{env}/{budget}/seed{seed}/{file}"
         for ablation in config["ablations"]
-        for env in where["envs"]
-        for budget in where["budgets"]
-        for seed in where["seeds"]
+        for seed in seeds
         for file in READ_BY_ANALYSIS
     ]
 
@@ -140,9 +134,8 @@ def analysis_inputs(target):
         )
     if target == "table1":
         return main_runs(envs=[config["novelty_env"]], budgets=[FULL_BUDGET], seeds=config["ablation_seeds"])
-    if target == "table2":
-        # generated from the config alone
-        return ["config/paper.yaml", f"config/{PROFILE}.yaml"]
+    if target == "table2":  # generated from the config alone
+        return sorted({"config/paper.yaml", f"config/{PROFILE}.yaml"})
     if target == "aggregate":
         return main_runs()
     if target == "ablation":

@@ -8,8 +8,8 @@ snakemake-executor-plugin-slurm: every training job goes to the `gpu` partition 
 
 Skipped, with the reason in pytest's summary, only where SLURM cannot run at all: not root,
 or SLURM missing and apt-get absent or unable to install it. A cluster that is installed but
-does not come up is a failure. Snakemake always runs under `timeout -k`: if the executor lost track of its jobs it
-would wait forever, ignoring SIGTERM.
+does not come up is a failure. Snakemake always runs under `timeout -k`: had the executor
+lost track of its jobs, it would wait forever, ignoring SIGTERM.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ SLURM_DIR = Path(os.environ.get("MUSBO_SLURM_DIR", "/tmp/musbo-slurm"))
 # is SLURM-specific (submission, partitions and GPUs, job status through squeue, the job
 # step's srun, outputs back on the shared filesystem) does not depend on the rule, the whole
 # smoke workflow is already run for real by test_workflow.py, and through SLURM it takes
-# about 9 minutes on this 2-core machine against about 2 for the subset.
+# about 9 minutes on this (shared) 2-core machine against about 1 for the subset.
 # MUSBO_SLURM_TARGET=all runs the whole smoke workflow here too.
 TARGETS = os.environ.get("MUSBO_SLURM_TARGET", "paper_figures/fig6.pdf paper_figures/ablation.pdf table2").split()
 LIMIT_S = 1500  # then `timeout` stops Snakemake (TERM, and KILL 30 s later)

@@ -99,7 +99,7 @@ def test_mlp_baseline_learns_the_returns():
     err = (base.predict(obs, t) - returns).pow(2).mean()
     assert err < 0.05 * returns.var()
     assert isinstance(make_baseline("linear", 3, {}), LinearBaseline)
-    assert isinstance(make_baseline("mlp", 3, {"value_lr": 1e-3, "value_epochs": 5}), MLPBaseline)
+    assert isinstance(make_baseline("mlp", 3, {"value_lr": 1e-3, "value_epochs": 5, "value_hidden": [200, 200], "value_batch_size": 1000}), MLPBaseline)
     with pytest.raises(ValueError):
         make_baseline("quadratic", 3, {})
 

@@ -199,6 +199,18 @@ def test_training_jobs_carry_threads_resources_log_and_benchmark():
     assert (ROOT / "rules" / "../environment.yml").resolve().is_file()  # relative to rules/*.smk
 
 
+def test_slurm_profile_tracks_jobs_with_squeue_and_asks_a_gpu_per_training_job():
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    # squeue, not sacct: without accounting, sacct fails and the executor waits forever
+    assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
+    assert profile["rerun-incomplete"] and profile["keep-going"] and profile["retries"] >= 1
+    for rule in ("run", "ablation_run"):
+        assert profile["set-resources"][rule]["gres"].startswith("gpu:")
+        assert profile["set-resources"][rule]["slurm_partition"]
+    options = set(re.findall(r"--[\w-]+", snakemake("--help").log))
+    assert {f"--{key}" for key in profile if key.startswith("slurm-")} <= options  # the plugin's names
+
+
 # ------------------------------------------------------------------ stand-in runs
 STUB_RUN = '''
 import argparse, os, pathlib, sys

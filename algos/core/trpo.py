@@ -158,12 +158,12 @@ class MLPBaseline(nn.Module):
 
 def make_baseline(kind: str, obs_dim: int, cfg: dict) -> nn.Module:
     """`cfg` is the trpo section of the run config (baseline, value_lr, value_epochs, and the
-    optional value_hidden, value_batch_size)."""
+    value_hidden, value_batch_size)."""
     if kind == "linear":
         return LinearBaseline(obs_dim)
     if kind == "mlp":
-        return MLPBaseline(obs_dim, hidden=cfg.get("value_hidden", (200, 200)), lr=cfg["value_lr"],
-                           epochs=cfg["value_epochs"], batch_size=cfg.get("value_batch_size", 1000))
+        return MLPBaseline(obs_dim, hidden=cfg["value_hidden"], lr=cfg["value_lr"],
+                           epochs=cfg["value_epochs"], batch_size=cfg["value_batch_size"])
     raise ValueError(f"unknown baseline {kind!r}: linear or mlp")
 
 
