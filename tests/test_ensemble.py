@@ -320,3 +320,15 @@ def test_inference_path_equals_training_path(activation):
         mean0, logvar0 = net(x)
     torch.testing.assert_close(mean0, mean.detach())
     torch.testing.assert_close(logvar0, logvar.detach())
+
+
+def test_predict_trajectory_clip_obs_keeps_the_replay_in_the_box():
+    """Fig. 6 replay with clip_obs=(low, high): every predicted state is clamped, as in training."""
+    obs, act, nxt = toy_data(100)
+    m = model()
+    m.fit(obs, act, nxt * 3, lr=1e-3, batch_size=32, max_epochs=1, generator=gen())   # an expanding model
+    actions = torch.rand(2, 6, ACT) * 2 - 1
+    low, high = -0.5 * torch.ones(OBS), 0.5 * torch.ones(OBS)
+    traj = m.predict_trajectory(obs[:2], actions, clip_obs=(low.numpy(), high.numpy()))
+    assert traj.shape == (2, 6, OBS) and traj.min() >= -0.5 and traj.max() <= 0.5
+    assert m.predict_trajectory(obs[:2], actions).abs().max() > 0.5            # without it, it leaves
