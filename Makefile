@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 figures: $(STAMP)
-	$(VENV)/bin/snakemake --profile profiles/local --configfile config/mini.yaml all
+	$(VENV)/bin/snakemake all --profile profiles/local --cores 2 --configfile config/mini.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
