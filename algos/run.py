@@ -227,6 +227,10 @@ def run(cfg: dict, out: Path) -> None:
         done, rows, shas = state["deployment"], json.loads(state["rows"]), list(state["batch_sha256"])
         log(f"{tag} resuming after deployment {done} from {out / 'checkpoints'}")
 
+    if done == 0:  # deployment 0: the uniform random policy that collects B(1), same protocol
+        random_episodes = run_episodes(cfg["env"], None, cfg["eval_episodes"], seed=stream_seed(cfg["seed"], "eval", 0),
+                                       max_episode_steps=cfg["max_episode_steps"])
+        rows["eval"] += [{"deployment": 0, "episode": k, "return": ep["ret"]} for k, ep in enumerate(random_episodes)]
     timer = PhaseTimer(tag, start)
     for deployment in range(done + 1, cfg["deployments"] + 1):
         timer.reset(deployment)

@@ -155,6 +155,12 @@ class Study:
         return m[(m.kind == kind) & m.name.isin(list(names)) & (m.env == env)
                  & (m.budget == budget) & m.seed.isin(list(seeds))]
 
+    @cached_property
+    def random_returns(self) -> pd.DataFrame:
+        """Eval returns of the uniform random policy (deployment 0 of eval_returns.csv)."""
+        e = self._read_runs([k for k in self.planned_keys() if k.kind == "runs"], "eval_returns.csv")
+        return e[e.deployment == 0] if "return" in e else e
+
     def model_eval(self) -> pd.DataFrame:
         return self._read_runs(self.model_eval_keys(), "model_eval.csv")
 

@@ -35,21 +35,26 @@ def final_returns(study: Study) -> pd.DataFrame:
             .rename(columns={"eval_return_mean": "final_return"}).reset_index(drop=True))
 
 
+def random_reference(study: Study) -> pd.Series:
+    """Per env, the return of the uniform random policy (deployment 0 of eval_returns.csv,
+    written by algos/run.py, all main runs pooled); where a run directory lacks it (older
+    runs), the mean deployment-1 eval return stands in (the policy trained on the random batch)."""
+    r = study.random_returns
+    random = r.groupby("env")["return"].mean() if len(r) else pd.Series(dtype=float)
+    m = study.metrics
+    first = m[(m.kind == "runs") & (m.deployment == 1)].groupby("env").eval_return_mean.mean()
+    return random.combine_first(first).rename("random")
+
+
 def normalised_final_returns(study: Study) -> pd.DataFrame:
     """Final returns scaled per env to (x - random) / (best - random):
-    random = the mean deployment-1 eval return over all main runs of the env, all algorithms
-    and budgets pooled. Deployment 1 collects with the uniformly random policy; its eval row
-    (algos/run.py) is the policy trained on that random batch, the common starting point of
-    every algorithm, so 0 = no gain over the first, random-data deployment;
-    best = the highest mean-over-seeds final return of any algorithm at any budget on the
-    env, so that 1 = the best algorithm and scores are comparable across budgets.
-    Envs where best <= random get NaN scores (nothing to normalise by)."""
+    random = the uniform random policy's return on the env (`random_reference`), so 0 = no
+    better than acting at random; best = the highest mean-over-seeds final return of any
+    algorithm at any budget on the env, so that 1 = the best algorithm and scores are
+    comparable across budgets. Envs where best <= random get NaN scores."""
     final = final_returns(study)
-    m = study.metrics
-    first = m[(m.kind == "runs") & (m.deployment == 1)]
-    random = first.groupby("env").eval_return_mean.mean().rename("random")
     best = final.groupby(["env", "name", "budget"]).final_return.mean().groupby("env").max().rename("best")
-    out = final.join(random, on="env").join(best, on="env")
+    out = final.join(random_reference(study), on="env").join(best, on="env")
     span = out.best - out.random
     out["score"] = np.where(span > 0, (out.final_return - out.random) / span.where(span > 0), np.nan)
     return out

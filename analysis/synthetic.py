@@ -42,7 +42,9 @@ def write_run(root: Path, key: RunKey, cfg: dict, with_batches: bool = True) -> 
         "deployment": np.arange(1, n_dep + 1), "samples_total": per_batch * np.arange(1, n_dep + 1),
         "eval_return_mean": episodes.mean(1), "eval_return_std": episodes.std(1), "eval_episodes": n_eval,
         **{f"{p}_s": rng.uniform(0.1, 2.0, n_dep) for p in ("collect", "model", "labeler", "bc", "policy", "eval")}})
-    pd.DataFrame([(i + 1, e, r) for i in range(n_dep) for e, r in enumerate(episodes[i])],
+    random_policy = means[0] - 0.1 * abs(means[0]) + rng.normal(0, 1, n_eval)   # deployment 0
+    pd.DataFrame([(0, e, r) for e, r in enumerate(random_policy)]
+                 + [(i + 1, e, r) for i in range(n_dep) for e, r in enumerate(episodes[i])],
                  columns=["deployment", "episode", "return"]).to_csv(d / "eval_returns.csv", index=False)
     quality = 1.0 / (1.0 + _GAIN.get(key.name, 0.8) * np.arange(n_dep))
     pd.DataFrame({"deployment": np.arange(1, n_dep + 1),

@@ -210,3 +210,16 @@ def test_figures_say_which_profile_and_seeds(mini, tmp_path):
     note = figures.profile_note(Study(mini, tmp_path), [0, 1])
     assert "profile mini" in note and "NOT the paper's numbers" in note and "2 seeds (0, 1)" in note
     assert "NOT" not in figures.profile_note(Study(load_profile("paper"), tmp_path), [0, 1, 2, 3, 4])
+
+
+def test_normalisation_uses_the_random_policy_returns_of_deployment_0(results, mini):
+    from analysis.results import Study
+    from analysis.summaries import normalised_final_returns, random_reference
+    study = Study(mini, results)
+    e = study.random_returns
+    assert (e.deployment == 0).all() and len(e) > 0
+    ref = random_reference(study)
+    for env in mini["envs"]:
+        np.testing.assert_allclose(ref[env], e[e.env == env]["return"].mean())
+    scores = normalised_final_returns(study)
+    assert np.allclose(scores.random, scores.env.map(ref))

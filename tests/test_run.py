@@ -49,8 +49,10 @@ def test_output_contract(reference):
     assert metrics["samples_total"].tolist() == [cfg["batch_size"] * i for i in metrics["deployment"]]
     assert (metrics["eval_episodes"] == cfg["eval_episodes"]).all()
     evals = pd.read_csv(reference / "eval_returns.csv")
-    assert len(evals) == cfg["deployments"] * cfg["eval_episodes"]
-    np.testing.assert_allclose(evals.groupby("deployment")["return"].mean(), metrics["eval_return_mean"])
+    assert len(evals) == (cfg["deployments"] + 1) * cfg["eval_episodes"]     # deployment 0: the random policy
+    trained = evals[evals.deployment > 0]
+    np.testing.assert_allclose(trained.groupby("deployment")["return"].mean(), metrics["eval_return_mean"])
+    assert evals[evals.deployment == 0]["return"].std() > 0                  # random episodes differ
     model_eval = pd.read_csv(reference / "model_eval.csv")
     assert list(model_eval.columns) == ["deployment", "energy_distance", "trajectory_mse"]
     assert (model_eval[["energy_distance", "trajectory_mse"]] >= 0).all().all()

@@ -82,6 +82,12 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
                               fvp_subsample=t["fvp_subsample"], generator=generator)
         history.append(stats)
         bar.set_postfix(reward=f"{stats['mean_reward']:.3f}", kl=f"{stats['kl']:.4f}")
-    last = history[-1] if history else {}
-    return {"iterations": len(history), "seconds": time.perf_counter() - t0,
-            "final_mean_reward": last.get("mean_reward"), "accepted": sum(bool(h["accepted"]) for h in history)}
+    summary = {"iterations": len(history), "seconds": time.perf_counter() - t0,
+               "accepted": sum(bool(h["accepted"]) for h in history),
+               "first_mean_reward": history[0]["mean_reward"] if history else None,
+               "final_mean_reward": history[-1]["mean_reward"] if history else None}
+    if history:
+        print(f"  trpo: {summary['iterations']} iterations ({summary['accepted']} steps accepted), imagined reward "
+              f"per step {summary['first_mean_reward']:.3f} -> {summary['final_mean_reward']:.3f}",
+              file=sys.stderr, flush=True)
+    return summary
