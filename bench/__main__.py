@@ -1,0 +1,87 @@
+"""The speed suite: `make bench` (or `python -m bench [--quick]`) runs every bench module in one
+process, side by side, prints the headline table and writes bench/results.json.
+
+Ratios, not absolute numbers, are what to compare across machines: each ratio is measured
+within one run (e.g. ensemble training vs the GEMM peak measured just before it)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the bench_* modules sit beside this file
+
+import bench_collect  # noqa: E402
+import bench_models  # noqa: E402
+import bench_novelty  # noqa: E402
+import bench_runs  # noqa: E402
+import bench_sac  # noqa: E402
+import bench_trpo  # noqa: E402
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE)
+    return out.stdout.strip() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes (smoke runs, no mini runs)")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.time()
+    sections = {}
+    for name, fn in [("models", lambda: bench_models.run(args.quick, threads=1, clock="cpu")),
+                     ("trpo", lambda: bench_trpo.run(args.quick)),
+                     ("sac", lambda: bench_sac.run(args.quick)),
+                     ("collect", lambda: bench_collect.run(args.quick)),
+                     ("novelty", lambda: bench_novelty.run(args.quick)),
+                     ("runs", lambda: bench_runs.run(args.quick))]:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        sections[name] = fn()
+    models, collect, runs = sections["models"], sections["collect"], sections["runs"]
+    runs["paper_run_hours_projected"] = bench_runs.project_paper_run_hours(models, sections["trpo"], collect)
+    fractions = [row["collect_fraction_of_physics"] for row in collect["envs"].values()]
+    results = {
+        "device": device,
+        "git_commit": git_commit(),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "quick": args.quick,
+        "gemm_gflops": models["gemm_gflops"],
+        "ensemble_train_fraction_of_peak": models["train_paper_batched_frac_peak"],
+        "ensemble_train_batched_vs_loop": (models["train_paper_batched_member_samples_per_s"]
+                                           / models["train_paper_loop_member_samples_per_s"]),
+        "rollout_fraction_of_peak": models["rollout_paper_frac_peak"],
+        "collect_fraction_of_physics": min(fractions),
+        "collect_fraction_of_physics_per_env": {k: v["collect_fraction_of_physics"] for k, v in collect["envs"].items()},
+        "novelty_speedup_vs_bruteforce": sections["novelty"]["novelty_speedup_vs_bruteforce"],
+        "trpo_update_seconds_paper": sections["trpo"]["update"]["time_total"],
+        "sac_update_ms": sections["sac"]["sac_update_ms"],
+        "mini_grid_minutes": runs["mini_grid_minutes"],
+        "mini_grid_minutes_source": runs["mini_grid_minutes_source"],
+        "paper_run_hours_projected": runs["paper_run_hours_projected"],
+        "bench_seconds": time.time() - t0,
+        "sections": sections,
+    }
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=float))
+    os.replace(tmp, args.out)
+    print(f"\n{'measure':40s} value")
+    for key, value in results.items():
+        if key != "sections":
+            print(f"{key:40s} {json.dumps(value, default=float) if isinstance(value, dict) else value}")
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
