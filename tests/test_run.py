@@ -141,3 +141,27 @@ def test_a_different_config_in_the_same_directory_is_refused(reference, tmp_path
     run_cli(tmp_path, kill_at="write:0")
     proc = run_cli(tmp_path, "--set", "trpo.delta=0.2", check=False)
     assert proc.returncode == 2 and "different configuration" in proc.stderr
+
+
+def test_non_finite_values_stop_the_run_naming_phase_deployment_and_seed():
+    from algos.run import PhaseTimer, RunError
+    timer = PhaseTimer("[musbo hopper 500k seed7]", 0.0)
+    timer.reset(2)
+    with pytest.raises(RunError) as err:
+        with timer("model"):
+            raise FloatingPointError("non-finite loss (phase=model)")
+    assert "phase=model" in str(err.value) and "deployment=2" in str(err.value) and "seed7" in str(err.value)
+
+
+def test_a_nan_inside_a_real_run_exits_with_the_message(tmp_path, monkeypatch, capsys):
+    """A NaN prediction during the eval replay: the CLI stops with exit code 2, names the phase."""
+    import algos.run as run_module
+    from algos.core.ensemble import DynamicsEnsemble
+    monkeypatch.setattr(DynamicsEnsemble, "predict_trajectory",
+                        lambda self, obs0, actions, **kw: torch.full((1, actions.shape[1], obs0.shape[1]), float("nan")))
+    code = run_module.main(["--algo", "bremen", "--env", "halfcheetah", "--budget", "250k", "--seed", "5",
+                            "--profile", "smoke", "--out", str(tmp_path)])
+    assert code == 2
+    message = capsys.readouterr().err
+    assert "phase=eval deployment=1" in message and "seed5" in message
+    assert not (tmp_path / "metrics.csv").exists()

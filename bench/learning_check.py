@@ -1,0 +1,82 @@
+"""Learning check (outside the unit tests): on the mini profile, 3 seeds, HalfCheetah and Hopper
+at 500k, does the last deployment's eval return beat the uniform random policy (deployment 0
+of eval_returns.csv) and the first deployment by a clear margin?
+
+    python bench/learning_check.py [--seeds 0 1 2] [--envs halfcheetah hopper] [--algos musbo bremen mopo]
+
+Runs of the mini grid (results/mini/runs/...) are reused when complete; other seeds run into
+results/mini/learning_check/... (resumable: rerunning continues where a run stopped). Prints a
+table and writes bench/learning_check.json. "Clear margin": the last deployment's mean over
+seeds exceeds the random policy's by more than 2 standard errors of the seed means.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from algos.config import load_profile  # noqa: E402
+
+
+def run_dir(algo: str, env: str, seed: int, grid_seeds) -> Path:
+    kind = "runs" if seed in grid_seeds else "learning_check"
+    return ROOT / "results" / "mini" / kind / algo / env / "500k" / f"seed{seed}"
+
+
+def ensure_run(algo: str, env: str, seed: int, out: Path) -> None:
+    if (out / "metrics.csv").is_file():
+        return
+    print(f"learning_check: running {algo} {env} seed {seed} -> {out}", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "algos.run", "--algo", algo, "--env", env, "--budget", "500k",
+                    "--seed", str(seed), "--profile", "mini", "--out", str(out)], cwd=ROOT, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--envs", nargs="+", default=["halfcheetah", "hopper"])
+    parser.add_argument("--algos", nargs="+", default=["musbo", "bremen", "mopo"])
+    args = parser.parse_args()
+    grid_seeds = load_profile("mini")["seeds"]
+    rows = []
+    for env in args.envs:
+        for algo in args.algos:
+            for seed in args.seeds:
+                out = run_dir(algo, env, seed, grid_seeds)
+                ensure_run(algo, env, seed, out)
+                metrics = pd.read_csv(out / "metrics.csv")
+                evals = pd.read_csv(out / "eval_returns.csv")
+                rows.append({"env": env, "algo": algo, "seed": seed,
+                             "random_policy": evals[evals.deployment == 0]["return"].mean(),
+                             "deployment_1": metrics.eval_return_mean.iloc[0],
+                             "last_deployment": metrics.eval_return_mean.iloc[-1],
+                             "best_deployment": metrics.eval_return_mean.max()})
+    df = pd.DataFrame(rows)
+    summary = []
+    for (env, algo), g in df.groupby(["env", "algo"], sort=False):
+        gain = g.last_deployment - g.random_policy
+        se = gain.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else np.nan
+        summary.append({"env": env, "algo": algo, "seeds": len(g),
+                        "random_policy": g.random_policy.mean(), "deployment_1": g.deployment_1.mean(),
+                        "last_deployment": g.last_deployment.mean(), "last_sd": g.last_deployment.std(ddof=1),
+                        "best_deployment": g.best_deployment.mean(),
+                        "clear_gain_over_random": bool(gain.mean() > 2 * se) if np.isfinite(se) else None,
+                        "last_beats_deployment_1": bool((g.last_deployment > g.deployment_1).all())})
+    table = pd.DataFrame(summary)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.round(1).to_string(index=False))
+    out = ROOT / "bench" / "learning_check.json"
+    out.write_text(json.dumps({"per_run": rows, "summary": summary}, indent=2, default=float))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
