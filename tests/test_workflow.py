@@ -232,6 +232,9 @@ if which == os.environ.get("STUB_FAIL_ONCE") and not resumed:
     sys.exit("stand-in: failing the first attempt after a checkpoint")
 if which == os.environ.get("STUB_FAIL_ALWAYS"):
     sys.exit("stand-in: failing every attempt")
+if which == os.environ.get("STUB_HANG") and not resumed:
+    import time
+    time.sleep(600)  # the test kills Snakemake and this job while it "trains"
 for name in ("provenance.json", "eval_returns.csv", "model_eval.csv", "metrics.csv"):
     (out / name).write_text("deployment\\n1\\n")
 '''
@@ -297,6 +300,34 @@ def test_keep_going_finishes_the_other_runs_and_keeps_the_failed_runs_checkpoint
     assert proc.returncode == 0, proc.log
     assert counts(jobs_of(proc.log)) == {"run": 1, "fig3": 1, "aggregate": 1, "claims": 1, "report": 1, "all": 1}
     assert "resumed" in (failed / "attempts.txt").read_text()
+
+
+def test_killing_snakemake_and_a_job_then_rerunning_completes_without_redoing_finished_runs(stub_workflow):
+    import os
+    import signal
+    import subprocess
+    import time
+    hanging = "bremen/hopper/250k/seed0"
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "all", "--cores", "2", "--configfile=config/smoke.yaml"]
+    proc = subprocess.Popen(cmd, cwd=stub_workflow, env={**os.environ, "STUB_HANG": hanging},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = stub_workflow / "results/smoke/runs"
+    deadline = time.time() + 240
+    while not (runs / hanging / "checkpoints/deployment_1.pt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and every job it started, mid-flight
+    proc.wait()
+    finished_before = {p.parent for p in runs.glob("*/*/*/*/metrics.csv")}
+    assert 0 < len(finished_before) < 30 and not (runs / hanging / "metrics.csv").exists()
+    snakemake("--unlock", "--configfile=config/smoke.yaml", cwd=stub_workflow)
+    proc = snakemake("all", "--cores", "2", "--rerun-incomplete", "--configfile=config/smoke.yaml", cwd=stub_workflow)
+    assert proc.returncode == 0, proc.log
+    rerun = {(w["algo"], w["env"], w["budget"], w["seed"]) for rule, w in jobs_of(proc.log) if rule == "run"}
+    redone = {runs / a / e / b / f"seed{sd}" for a, e, b, sd in rerun} & finished_before
+    assert not redone, f"finished runs were run again: {redone}"
+    assert len(list(runs.glob("*/*/*/*/metrics.csv"))) == 30
+    assert (runs / hanging / "attempts.txt").read_text().split() == ["fresh", "resumed"]
 
 
 # ------------------------------------------------------------------ the real thing
