@@ -10,15 +10,6 @@ from algos.core.policy import GaussianPolicy
 BC = dict(lr=1e-2, batch_size=64, holdout=0.15, patience=5, max_epochs=40)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_policy(obs_dim=3, act_dim=2, seed=0):
     torch.manual_seed(seed)
     return GaussianPolicy(obs_dim, act_dim, hidden=(32,), init_log_std=-0.7)

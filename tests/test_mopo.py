@@ -30,14 +30,6 @@ def tiny_cfg(**mopo_overrides) -> dict:
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- the penalty
 def prediction(means, stds, reward_means, reward_stds):
     """A Prediction of M members for N rows; obs part [M, N, d], reward part [M, N]."""

@@ -8,16 +8,6 @@ from torch.func import functional_call, jvp
 
 from algos.core.policy import GaussianPolicy
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and on a loaded
-    2-core machine, spin-waits of several ms per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_policy(obs_dim=5, act_dim=3, hidden=(16, 16), seed=0, **kw):
     torch.manual_seed(seed)
     policy = GaussianPolicy(obs_dim, act_dim, hidden=hidden, **kw)

@@ -13,15 +13,6 @@ from algos.core.sac import SAC, ReplayBuffer, TanhGaussianActor, mixed_batch
 OBS, ACT = 5, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only add synchronisation (and stall on shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_sac(target_entropy=-2.0, seed=0, hidden=(16, 16), tau=0.1, gamma=0.9):
     return SAC(OBS, ACT, hidden=list(hidden), lr=1e-2, tau=tau, gamma=gamma, batch_size=32,
                target_entropy=target_entropy, generator=torch.Generator().manual_seed(seed))

@@ -313,7 +313,7 @@ def trpo_step(policy: GaussianPolicy, obs, act, advantages, weights=None, *, del
     with torch.no_grad():
         old_mean, old_log_std = lin.mean, policy.clamped_log_std().expand_as(lin.mean)
         old_log_prob = gaussian_log_prob(old_mean, old_log_std, act)
-        surrogate_before = float(surrogate_from_log_probs(old_log_prob, old_log_prob, advantages, weights))
+        surrogate_before = float(surrogate_from_log_probs(old_log_prob, old_log_prob, advantages, weights).detach())
     grad = surrogate_gradient(policy, lin, act, advantages, weights)
     _check_finite("surrogate gradient", grad, torch.tensor(surrogate_before))
     t1 = time.perf_counter()
