@@ -290,6 +290,9 @@ def claims(study: Study, out: Path) -> list[Path]:
     header += ["- Verdicts: **holds** = every comparison the claim needs goes its way with non-overlapping CIs; "
                "**does not hold** = at least one goes the other way with non-overlapping CIs; **inconclusive** = "
                "overlapping CIs (or one seed: no CI) at this number of seeds.",
+               *([f"- **With {len(study.seeds)} seeds a 95 % bootstrap CI is little more than the range of the "
+                  "seeds' values: every verdict here is indicative only; the paper profile's 5 seeds (or more) "
+                  "are needed for a real test.**"] if len(study.seeds) < 5 else []),
                "- Table 1: a HIGHER cosine similarity means LESS novelty; the paper's own Table 1 gives MUSBO the "
                "higher similarity at every deployment, which contradicts its claim (C11).", ""]
     df = pd.DataFrame([{"#": c.id, "Where": c.where, "Claim": c.claim, "Paper": c.paper, "Ours": c.ours,

@@ -228,7 +228,7 @@ def aggregate(study: Study, out: Path) -> list[Path]:
         ax_iqm.set_yticks(ticks, names)
         ax_iqm.axvline(0, color="0.5", lw=0.8, ls=":")
         ax_iqm.axvline(1, color="0.5", lw=0.8, ls=":")
-        ax_iqm.set_xlabel("IQM of normalised final return\n(0 = deployment 1, 1 = best algorithm's mean)")
+        ax_iqm.set_xlabel("IQM of normalised final return\n(0 = uniform random policy, 1 = best algorithm's mean)")
         ax_iqm.set_title("Final return across envs")
         ticks, names = [], []
         bases = [a for a in algos if a != "musbo"]
