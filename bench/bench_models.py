@@ -45,6 +45,7 @@ from torch import nn
 from algos.core.ensemble import DynamicsEnsemble
 from algos.core.policy import GaussianPolicy
 from algos.core.rollouts import imagine
+from timing import best_time  # noqa: E402  (bench/ is on sys.path)
 
 OBS, ACT, MEMBERS = 17, 6, 5
 SIZES = {"paper": {"hidden": [1024, 1024], "batch": 1000}, "mini": {"hidden": [200, 200], "batch": 256}}
@@ -54,13 +55,8 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = CLOCKS["wall"]
 
 
-def _best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = _clock()
-        fn()
-        best = min(best, _clock() - t0)
-    return best
+def _timed(fn, repeats: int) -> float:
+    return best_time(fn, repeats, _clock)
 
 
 def macs_per_sample(hidden: list[int], in_dim: int = OBS + ACT, out_dim: int = OBS) -> int:
@@ -73,7 +69,7 @@ def gemm_gflops(n: int, dtype: torch.dtype, repeats: int) -> float:
     b = torch.randn(MEMBERS, 1024, 1024, dtype=dtype)
     iters = 5
     torch.bmm(a, b)
-    t = _best_time(lambda: [torch.bmm(a, b) for _ in range(iters)], repeats)
+    t = _timed(lambda: [torch.bmm(a, b) for _ in range(iters)], repeats)
     return 2 * MEMBERS * n * 1024 * 1024 * iters / t / 1e9
 
 
@@ -99,7 +95,7 @@ def train_batched(hidden, batch, n, repeats, bf16=False) -> float:
               generator=torch.Generator().manual_seed(0), bf16=bf16)
 
     once()  # warm-up (the first optimizer step imports torch._dynamo: ~1 s once per process)
-    return MEMBERS * n_train / _best_time(once, repeats)
+    return MEMBERS * n_train / _timed(once, repeats)
 
 
 def train_loop(hidden, batch, n, repeats) -> float:
@@ -133,7 +129,7 @@ def train_loop(hidden, batch, n, repeats) -> float:
                 opt.step()
 
     epoch()
-    return MEMBERS * n / _best_time(epoch, repeats)
+    return MEMBERS * n / _timed(epoch, repeats)
 
 
 def rollout_rate(hidden, n_states, horizon, repeats) -> float:
@@ -147,7 +143,7 @@ def rollout_rate(hidden, n_states, horizon, repeats) -> float:
     start = torch.randn(n_states, OBS, generator=torch.Generator().manual_seed(1))
     run_once = lambda: imagine(model, sample, start, horizon, "halfcheetah", torch.Generator().manual_seed(0))
     imagine(model, sample, start[:256], 1, "halfcheetah", torch.Generator().manual_seed(0))
-    return n_states * horizon / _best_time(run_once, repeats)
+    return n_states * horizon / _timed(run_once, repeats)
 
 
 def run(quick: bool, threads: int | None = None, clock: str = "wall") -> dict:

@@ -38,19 +38,9 @@ from algos.config import load_profile
 from algos.core.ensemble import DynamicsEnsemble
 from algos.core.sac import SAC, ReplayBuffer, mixed_batch
 from algos.mopo import model_rollout, penalised_model_step
+from timing import best_time  # noqa: E402  (bench/ is on sys.path)
 
 OBS, ACT = 17, 6
-
-
-def _best_time(fn, repeats: int, clock=time.perf_counter) -> float:
-    """Best time of `repeats` calls of fn() (the 2 shared cores make the best run the least
-    disturbed one); wall time unless `clock` says otherwise."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = clock()
-        fn()
-        best = min(best, clock() - t0)
-    return best
 
 
 def _sac(device) -> SAC:
@@ -77,7 +67,7 @@ def sac_update_ms(device, n_updates: int, repeats: int, mixed: bool, clock=time.
 
     for _ in range(10):  # warm-up: allocator, Adam state
         sac.update(fixed)
-    return 1e3 * _best_time(loop, repeats, clock) / n_updates
+    return 1e3 * best_time(loop, repeats, clock) / n_updates
 
 
 def mopo_model(device) -> DynamicsEnsemble:
@@ -102,8 +92,8 @@ def mopo_rates(device, n_states: int, repeats: int) -> dict:
         model_rollout(model, sac.actor, obs, 5, never, "max_std_norm", 1.0, gen)
 
     step()
-    return {"mopo_model_step_per_s": n_states / _best_time(step, repeats),
-            "mopo_rollout_per_s": 5 * n_states / _best_time(rollout, repeats)}
+    return {"mopo_model_step_per_s": n_states / best_time(step, repeats),
+            "mopo_rollout_per_s": 5 * n_states / best_time(rollout, repeats)}
 
 
 def policy_call_us(n_calls: int, repeats: int) -> dict:
@@ -120,8 +110,8 @@ def policy_call_us(n_calls: int, repeats: int) -> dict:
         for _ in range(n_calls):
             sac.act(one, deterministic=False, generator=gen)
 
-    return {"numpy_policy_call_us": 1e6 * _best_time(numpy_loop, repeats) / n_calls,
-            "torch_policy_call_us": 1e6 * _best_time(torch_loop, repeats) / n_calls}
+    return {"numpy_policy_call_us": 1e6 * best_time(numpy_loop, repeats) / n_calls,
+            "torch_policy_call_us": 1e6 * best_time(torch_loop, repeats) / n_calls}
 
 
 def run(quick: bool) -> dict:

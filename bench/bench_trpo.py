@@ -19,6 +19,7 @@ from torch.func import functional_call, jvp, vjp
 from algos.core.policy import GaussianPolicy
 from algos.core.trpo import (LinearBaseline, fisher_vector_product, flat, policy_parameters, policy_update,
                              unflat)
+from timing import best_time  # bench/ is on sys.path (script dir, or bench/__main__.py)
 
 OBS_DIM, ACT_DIM, HIDDEN = 17, 6, (200, 200)
 TRPO = dict(gamma=0.99, lam=0.95, normalize_advantages=True, delta=0.05, cg_iters=10, cg_damping=0.1,
@@ -38,17 +39,6 @@ def make_problem(T: int, N: int, seed: int = 0):
                    alive=torch.ones(T, N))
     weights = torch.rand(T, N, generator=gen)
     return policy, rollout, weights, gen
-
-
-def best_time(fn, repeats: int, clock=time.perf_counter) -> float:
-    """Best of `repeats` calls; clock=time.process_time gives CPU seconds (all threads), which a
-    shared, loaded machine distorts less than wall time."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = clock()
-        fn()
-        best = min(best, clock() - t)
-    return best
 
 
 def torch_func_fvp(policy: GaussianPolicy, obs: torch.Tensor, damping: float):
