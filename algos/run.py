@@ -36,6 +36,7 @@ from algos.config import ALGOS, BUDGETS, PROFILES, ConfigError, resolve_run_conf
 from algos.core.dataset import DeploymentDataset
 from algos.core.device import pick_device
 from algos.core.model_eval import energy_distance, trajectory_mse
+from algos.core.novelty import cosine_novelty_per_deployment
 from algos.core.seeding import seed_globals, stream_seed
 from envs import ENV_NAMES, ENV_SPECS
 from envs.collector import collect, run_episodes
@@ -274,6 +275,10 @@ def run(cfg: dict, out: Path) -> None:
     atomic_write_bytes(out / "provenance.json", json.dumps(provenance, indent=2).encode())
     atomic_write_csv(out / "eval_returns.csv", ["deployment", "episode", "return"], rows["eval"])
     atomic_write_csv(out / "model_eval.csv", ["deployment", "energy_distance", "trajectory_mse"], rows["model"])
+    # Table 1 from the batches themselves, kept small so that it can be committed without them.
+    novelty = cosine_novelty_per_deployment([b["obs"] for b in dataset.batches]) if len(dataset.batches) > 1 else []
+    atomic_write_csv(out / "novelty.csv", ["deployment", "cosine_similarity"],
+                     [{"deployment": i, "cosine_similarity": v} for i, v in enumerate(novelty, start=2)])
     maybe_kill_for_test("write:0")
     atomic_write_csv(out / "metrics.csv", METRIC_COLUMNS, rows["metrics"])  # last: marks the run complete
     log(f"{tag} finished in {time.time() - start:.0f}s -> {out}")

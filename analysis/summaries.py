@@ -90,15 +90,21 @@ def aggregate(study: Study) -> pd.DataFrame:
 
 def novelty(study: Study) -> tuple[pd.DataFrame, list]:
     """Table 1 per run: cosine similarity of B(i) with B(1..i-1), i >= 2, on the novelty
-    env at 500k. Returns (rows name/seed/deployment/cosine_similarity, runs without batches)."""
+    env at 500k, from the saved batches, else from the run's novelty.csv. Returns (rows
+    name/seed/deployment/cosine_similarity, runs with neither)."""
     rows, missing = [], []
     for key in study.novelty_keys():
         obs = study.batch_obs(key)
-        if obs is None:
+        if obs is not None:
+            sims = enumerate(metrics.cosine_novelty_per_deployment(obs), start=2)
+        elif study.exists(key) and (key.path(study.root) / "novelty.csv").is_file():
+            # the run's own novelty.csv (same function): batches are not committed
+            saved = pd.read_csv(key.path(study.root) / "novelty.csv")
+            sims = zip(saved.deployment, saved.cosine_similarity)
+        else:
             missing.append(key)
             continue
-        for i, sim in enumerate(metrics.cosine_novelty_per_deployment(obs), start=2):
-            rows.append((key.name, key.seed, i, sim))
+        rows += [(key.name, key.seed, int(i), float(sim)) for i, sim in sims]
     return pd.DataFrame(rows, columns=["name", "seed", "deployment", "cosine_similarity"]), missing
 
 

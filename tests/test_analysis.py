@@ -223,3 +223,22 @@ def test_normalisation_uses_the_random_policy_returns_of_deployment_0(results, m
         np.testing.assert_allclose(ref[env], e[e.env == env]["return"].mean())
     scores = normalised_final_returns(study)
     assert np.allclose(scores.random, scores.env.map(ref))
+
+
+def test_table1_falls_back_to_each_runs_novelty_csv_without_batches(results, mini, tmp_path):
+    """Committed mini results carry novelty.csv but no batches: Table 1 must come out the same."""
+    from analysis.metrics import cosine_novelty_per_deployment
+    from analysis.results import Study
+    from analysis.summaries import novelty
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    study = Study(mini, copy)
+    for key in study.novelty_keys():
+        d = key.path(copy)
+        sims = cosine_novelty_per_deployment(study.batch_obs(key))
+        pd.DataFrame({"deployment": range(2, len(sims) + 2), "cosine_similarity": sims}).to_csv(d / "novelty.csv", index=False)
+        shutil.rmtree(d / "batches")
+    with_batches, _ = novelty(Study(mini, results))
+    from_csv, missing = novelty(Study(mini, copy))
+    assert not missing
+    pd.testing.assert_frame_equal(with_batches.reset_index(drop=True), from_csv.reset_index(drop=True))

@@ -60,6 +60,12 @@ def test_output_contract(reference):
         with np.load(reference / "batches" / f"deployment_{i}.npz") as batch:
             assert len(batch["obs"]) == cfg["batch_size"]
             assert batch["obs"].dtype == np.float32 and batch["terminated"].dtype == bool
+    from analysis.metrics import cosine_novelty
+    novelty = pd.read_csv(reference / "novelty.csv")
+    obs = [np.load(reference / "batches" / f"deployment_{i}.npz")["obs"] for i in metrics["deployment"]]
+    assert novelty["deployment"].tolist() == list(range(2, cfg["deployments"] + 1))
+    for i, sim in zip(novelty["deployment"], novelty["cosine_similarity"]):
+        assert sim == pytest.approx(cosine_novelty(obs[i - 1], np.concatenate(obs[: i - 1])), rel=1e-9)
     provenance = json.loads((reference / "provenance.json").read_text())
     assert provenance["seed"] == 3 and provenance["device"] == "cpu" and provenance["packages"]["torch"]
     assert {"git_commit", "start_time", "end_time"} <= set(provenance)
