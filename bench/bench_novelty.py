@@ -6,11 +6,11 @@ brute-force all-pairs computation, side by side on the same data.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from analysis.metrics import cosine_novelty, unit_rows
+from timing import best_time  # bench/ is on sys.path (script dir, or bench/__main__.py)
 
 
 def brute_force(new_states: np.ndarray, previous_states: np.ndarray, chunk: int = 2048) -> float:
@@ -20,25 +20,17 @@ def brute_force(new_states: np.ndarray, previous_states: np.ndarray, chunk: int 
     return total / (len(new_states) * len(previous_states))
 
 
-def _best(fn, repeats: int) -> tuple[float, float]:
-    times, value = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), value
-
-
 def run(quick: bool) -> dict:
     # Cheetah-Run at the mini size (5k new vs 20k previous) or the paper's (100k vs 400k; brute
     # force there would take minutes, so it is measured on a 10k x 40k slice and scaled by N * M).
     rng = np.random.default_rng(0)
     n_new, n_prev = (2_000, 8_000) if quick else (10_000, 40_000)
     new, prev = rng.normal(size=(n_new, 17)), rng.normal(0.3, 1.0, size=(n_prev, 17))
-    t_fast, fast = _best(lambda: cosine_novelty(new, prev), 5)
-    t_brute, brute = _best(lambda: brute_force(new, prev), 2)
+    fast, brute = cosine_novelty(new, prev), brute_force(new, prev)
+    t_fast = best_time(lambda: cosine_novelty(new, prev), 5)
+    t_brute = best_time(lambda: brute_force(new, prev), 2)
     big_new, big_prev = rng.normal(size=(100_000, 17)), rng.normal(size=(400_000, 17))
-    t_fast_paper, _ = _best(lambda: cosine_novelty(big_new, big_prev), 3)
+    t_fast_paper = best_time(lambda: cosine_novelty(big_new, big_prev), 3)
     return {"n_new": n_new, "n_previous": n_prev, "o_n_seconds": t_fast, "bruteforce_seconds": t_brute,
             "novelty_speedup_vs_bruteforce": t_brute / t_fast, "abs_difference": abs(fast - brute),
             "paper_size_o_n_seconds": t_fast_paper,
