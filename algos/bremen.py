@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from algos.core.ensemble import DynamicsEnsemble
-from algos.core.model_trpo import clone_policy, fit_ensemble, make_ensemble, make_policy, train_in_model
+from algos.core.model_trpo import (clone_policy, fit_ensemble, make_ensemble, make_policy, prediction_box,
+                                   train_in_model)
 from algos.core.seeding import rngs, stream_seed
 
 
@@ -40,7 +41,7 @@ class BREMEN:
         with timer("policy"):
             # Plain TRPO in the model (label_fn=None), starting from the cloned policy.
             train_in_model(self.policy, self.dynamics, dataset.start_states(cfg["start_states"]),
-                           (data["obs"].min(0), data["obs"].max(0)), cfg, self.b["member_choice"], gen)
+                           prediction_box(cfg["trpo"]["clip_predictions"], data), cfg, self.b["member_choice"], gen)
 
     def collection_policy(self, deployment: int):
         """Deployment 1: uniform random; later a = mean(s) + N(0, 0.1^2)."""

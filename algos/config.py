@@ -23,6 +23,7 @@ CHOICES = {
     "start_states": ("episode_starts", "all_states"),
     "mopo.start_states": ("episode_starts", "all_states"),
     "trpo.baseline": ("linear", "mlp"),
+    "trpo.clip_predictions": ("abs_1e5", "data_range", "none"),
     "musbo.member_choice": ("per_iteration", "per_step", "per_rollout"),
     "bremen.member_choice": ("per_iteration", "per_step", "per_rollout"),
     "musbo.label_reading": ("max_error", "max_label"),

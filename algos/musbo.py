@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from algos.core.ensemble import DynamicsEnsemble
-from algos.core.model_trpo import clone_policy, fit_ensemble, make_ensemble, make_policy, train_in_model
+from algos.core.model_trpo import (clone_policy, fit_ensemble, make_ensemble, make_policy, prediction_box,
+                                   train_in_model)
 from algos.core.seeding import rngs, stream_seed
 
 
@@ -93,7 +94,8 @@ class MUSBO:
             # Eqs. 12-13: TRPO on imagined rollouts, each sample's advantage weighted by eq. 12.
             label_fn = (lambda s, a: self.imagined_labels(s, a, gen)) if weighted else None
             train_in_model(self.policy, self.dynamics, dataset.start_states(cfg["start_states"]),
-                           (data["obs"].min(0), data["obs"].max(0)), cfg, self.m["member_choice"], gen, label_fn)
+                           prediction_box(cfg["trpo"]["clip_predictions"], data), cfg, self.m["member_choice"], gen,
+                           label_fn)
 
     # ------------------------------------------------------------------ acting
     def collection_policy(self, deployment: int):
@@ -123,22 +125,38 @@ class ExplorationPolicy:
     """Eq. 22: a = tanh(mu(s)) + eps_c + eps_u, eps_c ~ N(0, sigma_c^2),
     eps_u ~ N(0, sigma^2) with sigma = U(a', s) (eq22) or 1 - U(a', s) (one_minus_u),
     a' = tanh(mu(s)) + eps_c and U from eq. 12 (no true s' exists before acting).
-    exploration_noise=none drops eps_u and keeps eps_c (the ablation isolates the uncertainty term)."""
+    exploration_noise=none drops eps_u and keeps eps_c (the ablation isolates the uncertainty term).
+
+    It acts on numpy snapshots of the policy and of the labeler (the collector calls it once
+    per env step with one state, where torch's per-call overhead would dominate); `labels`
+    is eq. 12 as MUSBO.imagined_labels computes it, with the pair k != l drawn from numpy."""
 
     def __init__(self, algo: MUSBO, seed: int):
-        self.algo, self.mode = algo, algo.m["exploration_noise"]
-        self.sigma_c = algo.m["exploration_const_std"]
+        self.mode, self.act_dim = algo.m["exploration_noise"], algo.act_dim
+        self.sigma_c, self.alpha = algo.m["exploration_const_std"], algo.m["alpha"]
         self.mean = algo.policy.numpy_policy("deterministic", clip=False)
+        self.labeler_means = algo.labeler.numpy_next_obs_means()
+        self.members = algo.labeler.members
+        # label_space=normalized measures eq. 12's distance in per-dim standardised units
+        self.inv_scale = (1.0 / algo.labeler.target_norm.std[: algo.obs_dim].cpu().numpy()
+                          if algo.m["label_space"] == "normalized" else None)
         self.rng = np.random.default_rng(seed)
-        self.gen = torch.Generator(device=algo.device)
-        self.gen.manual_seed(seed)
+
+    def labels(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        """Eq. 12: U(s, a) = exp(-alpha ||mu_k(s, a) - mu_l(s, a)||^2), k != l drawn per sample."""
+        mu = self.labeler_means(obs, act)                                      # [K, n, d]
+        n = mu.shape[1]
+        k = self.rng.integers(self.members, size=n)
+        l = (k + self.rng.integers(1, self.members, size=n)) % self.members  # l != k
+        diff = mu[k, np.arange(n)] - mu[l, np.arange(n)]
+        if self.inv_scale is not None:
+            diff = diff * self.inv_scale
+        return np.exp(-self.alpha * np.square(diff).sum(-1))
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        a_prime = self.mean(obs) + self.rng.normal(0.0, self.sigma_c, size=(len(obs), self.algo.act_dim))
+        a_prime = self.mean(obs) + self.rng.normal(0.0, self.sigma_c, size=(len(obs), self.act_dim))
         if self.mode == "none":
             return a_prime.astype(np.float32)
-        u = self.algo.imagined_labels(torch.as_tensor(obs, dtype=torch.float32, device=self.algo.device),
-                                      torch.as_tensor(np.clip(a_prime, -1, 1), dtype=torch.float32,
-                                                      device=self.algo.device), self.gen).cpu().numpy()
+        u = self.labels(obs, np.clip(a_prime, -1, 1))
         sigma = u if self.mode == "eq22" else 1.0 - u
         return (a_prime + self.rng.normal(size=a_prime.shape) * sigma[:, None]).astype(np.float32)

@@ -36,6 +36,7 @@ from algos.config import ALGOS, BUDGETS, PROFILES, ConfigError, resolve_run_conf
 from algos.core.dataset import DeploymentDataset
 from algos.core.device import pick_device
 from algos.core.model_eval import energy_distance, trajectory_mse
+from algos.core.model_trpo import prediction_box
 from algos.core.novelty import cosine_novelty_per_deployment
 from algos.core.seeding import seed_globals, stream_seed
 from envs import ENV_NAMES, ENV_SPECS
@@ -154,10 +155,10 @@ def make_algorithm(cfg: dict, device: torch.device):
     return getattr(importlib.import_module(module), cls)(cfg["env"], cfg, spec.obs_dim, spec.act_dim, device, cfg["seed"])
 
 
-def evaluate(cfg: dict, algo, deployment: int, obs_range: tuple) -> tuple[list[dict], dict]:
+def evaluate(cfg: dict, algo, deployment: int, box: tuple | None) -> tuple[list[dict], dict]:
     """Eval returns of the deterministic policy, and the Fig. 6 model accuracy: the first
     `model_eval_episodes` real episodes replayed open-loop in the learned model (ensemble mean,
-    predictions clipped to the range of D_all as in training's imagined rollouts)."""
+    predicted states clamped into `box`, as in training's imagined rollouts)."""
     episodes = run_episodes(cfg["env"], algo.eval_policy(), cfg["eval_episodes"],
                             seed=stream_seed(cfg["seed"], "eval", deployment),
                             max_episode_steps=cfg["max_episode_steps"])
@@ -165,7 +166,7 @@ def evaluate(cfg: dict, algo, deployment: int, obs_range: tuple) -> tuple[list[d
     model = algo.dynamics_model()
     for ep in episodes[: cfg["model_eval_episodes"]]:
         with torch.no_grad():
-            pred = model.predict_trajectory(ep["obs"][:1], ep["act"][None], clip_obs=obs_range)[0]
+            pred = model.predict_trajectory(ep["obs"][:1], ep["act"][None], clip_obs=box)[0]
         imagined.append(pred.detach().cpu().numpy() if torch.is_tensor(pred) else np.asarray(pred))
         real.append(ep["next_obs"])
     real_all, imagined_all = np.concatenate(real), np.concatenate(imagined)
@@ -247,7 +248,7 @@ def run(cfg: dict, out: Path) -> None:
         algo.train(dataset, deployment, timer)
         with timer("eval"):
             data = dataset.all()
-            episodes, model_row = evaluate(cfg, algo, deployment, (data["obs"].min(0), data["obs"].max(0)))
+            episodes, model_row = evaluate(cfg, algo, deployment, prediction_box(cfg["trpo"]["clip_predictions"], data))
         returns = np.array([ep["ret"] for ep in episodes])
         rows["metrics"].append({"deployment": deployment, "samples_total": len(dataset),
                                 "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),

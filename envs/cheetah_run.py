@@ -6,14 +6,23 @@ SUBTREE linear velocity - a slightly different quantity from velocity[0] = qvel[
 that the model-side reward of appendix F reads from the observation.
 Episodes: 1000 control steps of 0.01 s (dm_control's 10 s time limit), reported as
 truncated; the task never terminates.
+
+step() makes the same MuJoCo calls as dm_control's control.Environment.step (set ctrl,
+mj_step2 + mj_step1 as Physics.step, its invalid-state check, the same reward formula) but
+skips its per-step Python (wrappers, the observation OrderedDict, rewards.tolerance on a
+scalar, the TimeStep): several times faster and bit-identical (tests/test_envs.py steps
+both side by side). reset() is dm_control's own.
 """
 import gymnasium as gym
 import mujoco
 import numpy as np
+from dm_control.rl.control import PhysicsError
 from gymnasium import spaces
 
 from envs.quiet import import_dm_control_suite, quiet_model_compile
 from envs.specs import ENV_SPECS
+
+_RUN_SPEED = 10.0  # dm_control suite/cheetah.py: running speed above which the reward is 1
 
 
 class CheetahRunEnv(gym.Env):
@@ -35,6 +44,12 @@ class CheetahRunEnv(gym.Env):
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(ENV_SPECS["cheetah-run"].obs_dim,),
                                             dtype=np.float32)
         self._needs_reset = True
+        self._steps = 0
+        self._step_limit = self._dm_env._step_limit  # time_limit / control_timestep = 1000
+        sensor = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SENSOR, "torso_subtreelinvel")
+        self._speed_adr = int(self.model.sensor_adr[sensor])  # physics.speed() reads sensordata here
+        # step() repeats Physics.step's legacy path, which holds for an Euler model only
+        assert self.physics.legacy_step and self.model.opt.integrator == mujoco.mjtIntegrator.mjINT_EULER
 
     # The raw MuJoCo structures, named as in gymnasium's MujocoEnv (the benchmark uses them).
     @property
@@ -55,13 +70,33 @@ class CheetahRunEnv(gym.Env):
         # so that reset(seed=s) is deterministic and later unseeded resets follow from it.
         self._dm_env.task.random.seed(int(self.np_random.integers(2**32)))
         time_step = self._dm_env.reset()
-        self._needs_reset = False
+        self._needs_reset, self._steps = False, 0
         return self._flat(time_step.observation), {}
 
     def step(self, action):
         if self._needs_reset:
             raise RuntimeError("CheetahRunEnv: call reset() before step() (the episode is over or not begun)")
-        time_step = self._dm_env.step(action)
-        truncated = time_step.last()  # only the time limit ends a cheetah/run episode
+        model, data = self.model, self.data
+        warnings_before = data.warning.number.copy()
+        np.copyto(data.ctrl, action)  # Cheetah.before_step: physics.set_control
+        # Physics.step(): the legacy step of an Euler model, finish this step, then update
+        # the position- and velocity-dependent fields (the sensors) for the next state
+        mujoco.mj_step2(model, data)
+        mujoco.mj_step1(model, data)
+        if (data.warning.number > warnings_before).any():  # Physics.check_invalid_state
+            raise PhysicsError(f"cheetah-run: the physics state is invalid (MuJoCo warnings "
+                               f"{data.warning.number.tolist()}); the action was {np.asarray(action).tolist()}")
+        self._steps += 1
+        truncated = self._steps >= self._step_limit  # only the time limit ends a cheetah/run episode
         self._needs_reset = truncated
-        return self._flat(time_step.observation), float(time_step.reward), False, truncated, {}
+        obs = np.concatenate((data.qpos[1:], data.qvel)).astype(np.float32)
+        return obs, run_reward(float(data.sensordata[self._speed_adr])), False, truncated, {}
+
+
+def run_reward(speed: float) -> float:
+    """cheetah.Cheetah.get_reward: rewards.tolerance(speed, bounds=(10, inf), margin=10,
+    value_at_margin=0, sigmoid="linear"), written out for a scalar in the same arithmetic."""
+    if speed >= _RUN_SPEED:
+        return 1.0
+    d = (_RUN_SPEED - speed) / _RUN_SPEED
+    return 1.0 - d if abs(d) < 1 else 0.0

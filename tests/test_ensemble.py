@@ -332,3 +332,23 @@ def test_predict_trajectory_clip_obs_keeps_the_replay_in_the_box():
     traj = m.predict_trajectory(obs[:2], actions, clip_obs=(low.numpy(), high.numpy()))
     assert traj.shape == (2, 6, OBS) and traj.min() >= -0.5 and traj.max() <= 0.5
     assert m.predict_trajectory(obs[:2], actions).abs().max() > 0.5            # without it, it leaves
+
+
+@pytest.mark.parametrize("kw", [{"activation": "relu"},
+                                {"activation": "swish", "probabilistic": True, "reward_target": True}])
+def test_numpy_next_obs_means_equal_predict(kw):
+    """The numpy snapshot (MUSBO's exploration) folds both standardisations into the weights;
+    it must give predict()'s next-state means for every member, and stay frozen afterwards."""
+    m = model(**kw)
+    obs, act, nxt = toy_data(200)
+    rew = torch.randn(200)
+    m.fit(obs * 3 + 1, act, nxt * 3 + 1, rew if kw.get("reward_target") else None, max_epochs=2,
+          generator=gen())  # normalisers far from (0, 1), so a missed fold would show
+    snapshot = m.numpy_next_obs_means()
+    expected = m.predict(obs[:7] * 3 + 1, act[:7]).next_obs.numpy()
+    got = snapshot((obs[:7] * 3 + 1).numpy(), act[:7].numpy())
+    assert got.shape == (3, 7, OBS) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        m.net.layers[0].weight.add_(1.0)
+    np.testing.assert_array_equal(snapshot((obs[:7] * 3 + 1).numpy(), act[:7].numpy()), got)

@@ -321,3 +321,34 @@ def test_loading_leaves_no_mujoco_log_and_keeps_the_warning_callback(tmp_path, m
 def test_public_api():
     assert callable(envs.make_env) and callable(envs.model_reward) and callable(envs.model_termination)
     from envs.collector import collect, run_episodes  # noqa: F401
+
+
+# ----- Cheetah-Run's fast step against dm_control's own -------------------------------------
+
+def test_cheetah_run_fast_step_is_bit_identical_to_dm_control():
+    """CheetahRunEnv.step skips dm_control's per-step Python but must give exactly what
+    control.Environment.step gives: same observation, reward and time limit, over more than
+    one episode (the second starts from reset after the 1000-step truncation)."""
+    from envs.cheetah_run import CheetahRunEnv, run_reward
+
+    ours, ref = CheetahRunEnv(), CheetahRunEnv()  # ref is stepped through its dm_control env
+    rng = np.random.default_rng(0)
+    for episode in range(2):
+        o1, _ = ours.reset(seed=3 + episode)
+        o2, _ = ref.reset(seed=3 + episode)   # the same full simulator state (warm start included)
+        np.testing.assert_array_equal(o1, o2)
+        for t in range(1000):
+            a = rng.uniform(-1, 1, 6)
+            obs, rew, term, trunc, _ = ours.step(a)
+            ts = ref._dm_env.step(a)
+            np.testing.assert_array_equal(
+                obs, np.concatenate((ts.observation["position"], ts.observation["velocity"])).astype(np.float32))
+            assert rew == ts.reward and not term
+            assert trunc == ts.last() == (t == 999)
+    with pytest.raises(RuntimeError, match="reset"):
+        ours.step(np.zeros(6))
+    # the reward formula at and around its breakpoints, against dm_control's tolerance
+    from dm_control.utils import rewards
+    for speed in (-3.0, 0.0, 1e-9, 2.5, 9.999, 10.0, 12.0):
+        assert run_reward(speed) == rewards.tolerance(speed, bounds=(10, float("inf")), margin=10,
+                                                      value_at_margin=0, sigmoid="linear")

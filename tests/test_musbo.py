@@ -79,14 +79,29 @@ def test_eq12_is_the_disagreement_of_two_different_members():
 def test_eq22_exploration_noise(mode, u, expected_std):
     algo = make(f"musbo.exploration_noise={mode}")
     algo.labeler_ready = True
-    algo.imagined_labels = lambda obs, act, gen: torch.full((len(obs),), u)
     policy = algo.collection_policy(2)
+    policy.labels = lambda obs, act: np.full(len(obs), u)
     obs = np.zeros((1, OBS), np.float32)
     mean = algo.policy.numpy_policy("deterministic", clip=False)(obs)
     noise = np.concatenate([policy(obs) - mean for _ in range(4000)])
     np.testing.assert_allclose(noise.std(), expected_std, rtol=0.06)
     assert abs(noise.mean()) < 4 * expected_std / np.sqrt(noise.size)
     assert algo.collection_policy(1) is None     # deployment 1: uniform random actions
+
+
+@pytest.mark.parametrize("space", ["raw", "normalized"])
+def test_exploration_labels_are_eq12_of_the_labeler(space):
+    """The exploration's numpy eq. 12 equals MUSBO.imagined_labels (the torch path of TRPO).
+    K = 2 makes the pair (k, l) irrelevant (the distance is symmetric), so the two agree exactly."""
+    algo = make("labeler.members=2", f"musbo.label_space={space}")
+    batch = collect("halfcheetah", 300, None, seed=1, max_episode_steps=100)
+    algo.labeler.fit(batch["obs"], batch["act"], batch["next_obs"], max_epochs=2, generator=torch.Generator().manual_seed(0))
+    algo.labeler_ready = True
+    obs, act = batch["obs"][:50], np.clip(batch["act"][:50] * 1.5, -1, 1)
+    expected = algo.imagined_labels(torch.as_tensor(obs), torch.as_tensor(act), torch.Generator().manual_seed(0))
+    got = algo.collection_policy(2).labels(obs, act)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4)
+    assert got.std() > 0  # not a constant: the members disagree by different amounts
 
 
 def _train_capturing(monkeypatch, algo, dataset):

@@ -127,15 +127,65 @@ def test_labels_clip_obs_and_reproducibility():
 
     def label_fn(obs, act):
         seen.append(act.abs().max().item())
-        return obs[:, 0] * 0 + 0.5
+        return obs[:, 0] + act.sum(-1)  # a function of the pair: catches labels put on the wrong step
 
     low, high = -torch.ones(17) * 0.05, torch.ones(17) * 0.05
     out = imagine(ShiftModel(), policy(scale=3.0), start(), T, "halfcheetah", gen(), label_fn=label_fn,
                   clip_obs=(low, high))
-    assert out["labels"].shape == (T, N) and (out["labels"] == 0.5).all()
+    assert out["labels"].shape == (T, N)
+    torch.testing.assert_close(out["labels"], out["obs"][..., 0] + out["act"].clamp(-1, 1).sum(-1))
     assert max(seen) <= 1.0                                    # labels see the clipped action
     assert out["next_obs"].max() <= 0.05 and out["next_obs"].min() >= -0.05
     again = imagine(ShiftModel(), policy(scale=3.0), start(), T, "halfcheetah", gen(), label_fn=label_fn,
                     clip_obs=(low.numpy(), high.numpy()))
     for key in out:
         torch.testing.assert_close(out[key], again[key])
+
+
+# ----- the clamp of imagined states (trpo.clip_predictions) ---------------------------------
+
+class FallingHopper:
+    """Every member moves each state halfway toward a recorded terminal state: a model of a
+    fall the data has seen."""
+    members = 2
+
+    def __init__(self, terminal_state):
+        self.target = torch.as_tensor(terminal_state)
+
+    def predict(self, obs, act, member=None):
+        return Prediction((obs + 0.5 * (self.target - obs))[None])
+
+
+@pytest.mark.parametrize("kind", ["abs_1e5", "data_range", "none"])
+def test_an_imagined_fall_terminates_under_every_clamp(kind):
+    """Real Hopper data: its states (obs) are all healthy, terminal states appear only as next
+    states. The clamp must keep them reachable, or an imagined Hopper could never fall (the
+    bug of a box made from obs alone, which clamped z above 0.7 and made TRPO exploit it)."""
+    import numpy as np
+    from algos.core.model_trpo import prediction_box
+    from envs.collector import collect
+
+    data = collect("hopper", 2000, None, seed=0)
+    assert data["terminated"].any() and not envs.model_termination("hopper", data["obs"], data["act"],
+                                                                    data["obs"]).any()
+    box = prediction_box(kind, data)
+    if kind == "data_range":  # every recorded state, terminal next states included, lies inside
+        for states in (data["obs"], data["next_obs"]):
+            assert (states >= box[0]).all() and (states <= box[1]).all()
+    elif kind == "abs_1e5":
+        np.testing.assert_array_equal(box[1], np.full(11, 1e5, np.float32))
+        np.testing.assert_array_equal(box[0], -box[1])
+    else:
+        assert box is None
+    start = torch.as_tensor(data["obs"][data["episode_start"]][:8])
+    out = imagine(FallingHopper(data["next_obs"][data["terminated"]][0]), lambda s, g: torch.zeros(len(s), 3), start, 30, "hopper", None,
+                  clip_obs=box)
+    assert out["terminated"].any(0).all(), "every imagined fall must end by the termination function"
+
+
+def test_prediction_box_rejects_an_unknown_kind():
+    import numpy as np
+    from algos.core.model_trpo import prediction_box
+    data = {"obs": np.zeros((3, 2), np.float32), "next_obs": np.zeros((3, 2), np.float32)}
+    with pytest.raises(ValueError, match="abs_1e5"):
+        prediction_box("obs_range", data)

@@ -397,6 +397,37 @@ class DynamicsEnsemble(nn.Module):
         return self._to_prediction(obs, mean, logvar)
 
     @torch.no_grad()
+    def numpy_next_obs_means(self):
+        """A numpy snapshot of every member's next-state mean: f(obs [n, obs_dim], act [n, act_dim])
+        -> [M, n, obs_dim] float32, equal to predict(obs, act).next_obs up to float rounding.
+        For one state at a time (MUSBO's eq. 22 exploration inside the collector), where
+        torch's per-call overhead costs more than the matmuls. The input standardisation is
+        folded into the first layer and the target scaling into the last."""
+        layers = self.net.layers
+        weights = [l.weight.detach().double() for l in layers]  # [M, in, out]
+        biases = [l.bias.detach().double() for l in layers]     # [M, 1, out]
+        in_mean, in_std = self.input_norm.mean.double(), self.input_norm.std.double()
+        weights[0] = weights[0] / in_std[None, :, None]
+        biases[0] = biases[0] - ((in_mean / in_std) @ layers[0].weight.detach().double())[:, None, :]
+        d = self.obs_dim  # keep the state-delta means only (no log-variance, no reward)
+        out_mean, out_std = self.target_norm.mean.double()[:d], self.target_norm.std.double()[:d]
+        weights[-1] = weights[-1][..., :d] * out_std
+        biases[-1] = biases[-1][..., :d] * out_std + out_mean
+        weights = [w.cpu().numpy().astype(np.float32) for w in weights]
+        biases = [b.cpu().numpy().astype(np.float32) for b in biases]
+        swish = self.net.activation == "swish"
+
+        def next_obs_means(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+            obs = np.asarray(obs, np.float32)
+            h = np.concatenate([obs, np.asarray(act, np.float32)], axis=-1)[None]
+            for w, b in zip(weights[:-1], biases[:-1]):
+                h = h @ w + b
+                h = h / (1.0 + np.exp(-h)) if swish else np.maximum(h, 0.0)
+            return obs + (h @ weights[-1] + biases[-1])
+
+        return next_obs_means
+
+    @torch.no_grad()
     def predict_trajectory(self, obs0, actions, member: str | int = "mean", clip_obs: tuple | None = None) -> torch.Tensor:
         """Open-loop replay (Fig. 6): from obs0 [N, obs_dim], feed the recorded actions
         [N, T, act_dim] and the model's own predictions back in. Returns the predicted states

@@ -32,6 +32,27 @@ def fit_ensemble(model: DynamicsEnsemble, data: dict, section: dict, generator: 
                      weight_decay=weight_decay, generator=generator, progress=sys.stderr.isatty())
 
 
+PREDICTION_BOXES = ("abs_1e5", "data_range", "none")
+
+
+def prediction_box(kind: str, data: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The box every imagined state is clamped into (`trpo.clip_predictions`):
+    - "abs_1e5": |s_j| <= 1e5 (BREMEN's code: clip to the observation space's bounds, which
+      are infinite for the MuJoCo envs, then to +-1e5; a guard against overflow only);
+    - "data_range": the range of every state seen in D_all, next states included: a terminal
+      state appears only as a next state, and a box of the start states alone would keep an
+      imagined Hopper or Walker2d from ever falling (termination could never fire);
+    - "none": no clamp."""
+    if kind == "none":
+        return None
+    if kind == "abs_1e5":
+        return np.full(data["obs"].shape[1], -1e5, np.float32), np.full(data["obs"].shape[1], 1e5, np.float32)
+    if kind == "data_range":
+        states = np.concatenate([data["obs"], data["next_obs"]])
+        return states.min(0), states.max(0)
+    raise ValueError(f"trpo.clip_predictions must be one of {PREDICTION_BOXES}, got {kind!r}")
+
+
 def make_policy(cfg: dict, obs_dim: int, act_dim: int, device) -> GaussianPolicy:
     p = cfg["policy"]
     return GaussianPolicy(obs_dim, act_dim, hidden=p["hidden"], init_log_std=p["init_log_std"],
@@ -48,20 +69,20 @@ def clone_policy(policy: GaussianPolicy, data: dict, weights: np.ndarray, cfg: d
 
 
 def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_states: np.ndarray,
-                   obs_range: tuple[np.ndarray, np.ndarray], cfg: dict, member_choice: str,
+                   box: tuple[np.ndarray, np.ndarray] | None, cfg: dict, member_choice: str,
                    generator: torch.Generator, label_fn: Callable | None = None) -> dict:
     """L TRPO iterations (Table 2) on imagined rollouts from the recorded start states.
 
     member_choice: "per_iteration" (one member of M-hat-theta per iteration, MUSBO's text),
     "per_step" (one member per step for all rollouts, BREMEN's code) or "per_rollout".
     label_fn(s, a) -> U-hat [N] weighs each imagined sample in the surrogate (eqs. 12-13);
-    None gives plain TRPO."""
+    None gives plain TRPO. box: `prediction_box(...)`, the clamp of imagined states."""
     t = cfg["trpo"]
     device = policy.log_std.device
     baseline = make_baseline(t["baseline"], policy.obs_dim, t).to(device)
     starts = torch.as_tensor(start_states, dtype=torch.float32, device=device)
     n_rollouts = max(1, t["transitions_per_iteration"] // t["rollout_length"])
-    clip = tuple(torch.as_tensor(b, device=device) for b in obs_range) if t["clip_predictions"] else None
+    clip = None if box is None else tuple(torch.as_tensor(b, device=device) for b in box)
     gen_device = generator.device
     history = []
     bar = tqdm(range(t["iterations"]), desc="trpo", disable=not sys.stderr.isatty(), leave=False)

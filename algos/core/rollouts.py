@@ -39,7 +39,8 @@ def imagine(dynamics, policy_sample: Callable, start_obs: torch.Tensor, horizon:
       (alive = 0, rew = 0, terminated = False, obs = next_obs = the terminal state).
     - clip_obs=(low, high): predicted states are clamped into this box (BREMEN clips its
       predictions, e.g. to the range of the data).
-    - label_fn(obs, act_clipped) -> [N]: U-hat of each imagined transition (eq. 12).
+    - label_fn(obs, act_clipped) -> [K]: U-hat of each imagined transition (eq. 12), called once
+      after the rollout on all T x N transitions (batched: far cheaper than T calls of N).
 
     Returns tensors on start_obs's device, [T, N, ...]: obs, act, rew, next_obs, terminated (bool),
     alive (float: 1 where the step is real, i.e. no termination at an earlier step), member
@@ -60,7 +61,7 @@ def imagine(dynamics, policy_sample: Callable, start_obs: torch.Tensor, horizon:
     alive = torch.ones(n, device=device)
     if member_choice == "per_rollout":
         rollout_member = candidates[_draw(len(candidates), (n,), generator)].to(device)
-    keys = ["obs", "act", "rew", "next_obs", "terminated", "alive", "member"] + (["labels"] if label_fn else [])
+    keys = ["obs", "act", "rew", "next_obs", "terminated", "alive", "member"]
     out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for _ in range(horizon):
         act = policy_sample(obs, generator)
@@ -87,8 +88,11 @@ def imagine(dynamics, policy_sample: Callable, start_obs: torch.Tensor, horizon:
         out["terminated"].append(terminated)
         out["alive"].append(alive)
         out["member"].append(member)
-        if label_fn is not None:
-            out["labels"].append(label_fn(obs, act_clipped))
         alive = alive * (~terminated).float()
         obs = next_obs
-    return {k: torch.stack(v) for k, v in out.items()}
+    rollout = {k: torch.stack(v) for k, v in out.items()}
+    if label_fn is not None:  # the labels do not steer the rollout: one call on all T x N samples
+        flat_obs = rollout["obs"].reshape(horizon * n, -1)
+        flat_act = rollout["act"].clamp(-1.0, 1.0).reshape(horizon * n, -1)
+        rollout["labels"] = label_fn(flat_obs, flat_act).reshape(horizon, n)
+    return rollout
