@@ -162,13 +162,17 @@ def evaluate(cfg: dict, algo, deployment: int, box: tuple | None) -> tuple[list[
     episodes = run_episodes(cfg["env"], algo.eval_policy(), cfg["eval_episodes"],
                             seed=stream_seed(cfg["seed"], "eval", deployment),
                             max_episode_steps=cfg["max_episode_steps"])
-    real, imagined = [], []
+    replayed = episodes[: cfg["model_eval_episodes"]]
     model = algo.dynamics_model()
-    for ep in episodes[: cfg["model_eval_episodes"]]:
+    imagined = [None] * len(replayed)
+    for length in sorted({len(ep["act"]) for ep in replayed}):  # equal lengths replay as one batch
+        group = [k for k, ep in enumerate(replayed) if len(ep["act"]) == length]
         with torch.no_grad():
-            pred = model.predict_trajectory(ep["obs"][:1], ep["act"][None], clip_obs=box)[0]
-        imagined.append(pred.detach().cpu().numpy() if torch.is_tensor(pred) else np.asarray(pred))
-        real.append(ep["next_obs"])
+            pred = model.predict_trajectory(np.stack([replayed[k]["obs"][0] for k in group]),
+                                            np.stack([replayed[k]["act"] for k in group]), clip_obs=box)
+        for k, p in zip(group, pred.cpu().numpy()):
+            imagined[k] = p
+    real = [ep["next_obs"] for ep in replayed]
     real_all, imagined_all = np.concatenate(real), np.concatenate(imagined)
     if not np.all(np.isfinite(imagined_all)):
         raise FloatingPointError("model replay produced non-finite states")

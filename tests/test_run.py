@@ -164,10 +164,46 @@ def test_a_nan_inside_a_real_run_exits_with_the_message(tmp_path, monkeypatch, c
     import algos.run as run_module
     from algos.core.ensemble import DynamicsEnsemble
     monkeypatch.setattr(DynamicsEnsemble, "predict_trajectory",
-                        lambda self, obs0, actions, **kw: torch.full((1, actions.shape[1], obs0.shape[1]), float("nan")))
+                        lambda self, obs0, actions, **kw: torch.full((len(obs0), actions.shape[1], obs0.shape[1]), float("nan")))
     code = run_module.main(["--algo", "bremen", "--env", "halfcheetah", "--budget", "250k", "--seed", "5",
                             "--profile", "smoke", "--out", str(tmp_path)])
     assert code == 2
     message = capsys.readouterr().err
     assert "phase=eval deployment=1" in message and "seed5" in message
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_model_replay_batches_equal_length_episodes_without_changing_fig6():
+    """evaluate() replays episodes of equal length as one batch; Fig. 6's numbers must equal
+    those of one replay per episode (Hopper: random episodes of different lengths)."""
+    from algos.config import resolve_run_config
+    from algos.core.ensemble import DynamicsEnsemble
+    from algos.core.model_eval import energy_distance, trajectory_mse
+    from algos.run import evaluate
+    from envs.collector import collect
+
+    cfg = {**resolve_run_config("smoke", "bremen", "hopper", "250k", 0, []), "eval_episodes": 6, "max_episode_steps": 27,
+           "model_eval_episodes": 6}
+    torch.manual_seed(0)
+    model = DynamicsEnsemble(11, 3, members=2, hidden=[16])
+    data = collect("hopper", 500, None, seed=0)
+    model.fit(data["obs"], data["act"], data["next_obs"], max_epochs=1, generator=torch.Generator().manual_seed(0))
+
+    class Algo:
+        def eval_policy(self):
+            return lambda obs: np.sin(obs[:, :3] * 7.0)  # a fixed policy; Hopper falls at different times
+
+        def dynamics_model(self):
+            return model
+
+    box = (np.full(11, -10.0, np.float32), np.full(11, 10.0, np.float32))
+    episodes, row = evaluate(cfg, Algo(), 1, box)
+    lengths = [len(ep["act"]) for ep in episodes]
+    assert len(set(lengths)) > 1 and len(lengths) > len(set(lengths))  # mixed: some groups, some singles
+    with torch.no_grad():
+        imagined = [model.predict_trajectory(ep["obs"][:1], ep["act"][None], clip_obs=box)[0].numpy()
+                    for ep in episodes]
+    real = [ep["next_obs"] for ep in episodes]
+    assert row["energy_distance"] == pytest.approx(energy_distance(np.concatenate(imagined), np.concatenate(real)),
+                                                   rel=1e-5)
+    assert row["trajectory_mse"] == pytest.approx(trajectory_mse(imagined, real), rel=1e-5)
