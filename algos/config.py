@@ -24,6 +24,7 @@ CHOICES = {
     "mopo.start_states": ("episode_starts", "all_states"),
     "trpo.baseline": ("linear", "mlp"),
     "trpo.clip_predictions": ("abs_1e5", "data_range", "none"),
+    "model_eval_box": ("abs_1e5", "data_range", "none"),
     "musbo.member_choice": ("per_iteration", "per_step", "per_rollout"),
     "bremen.member_choice": ("per_iteration", "per_step", "per_rollout"),
     "musbo.label_reading": ("max_error", "max_label"),
@@ -101,6 +102,8 @@ def _set(tree: dict, dotted: str, value) -> None:
 
 def _check_type(key: str, value, default):
     """Coerce ints to floats where the default is a float; reject other type changes."""
+    if key in CHOICES and not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(CHOICES[key])}")
     if isinstance(default, bool) or isinstance(value, bool):
         if not (isinstance(default, bool) and isinstance(value, bool)):
             raise ConfigError(f"{key} must be {type(default).__name__}, got {value!r}")

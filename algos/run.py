@@ -158,7 +158,7 @@ def make_algorithm(cfg: dict, device: torch.device):
 def evaluate(cfg: dict, algo, deployment: int, box: tuple | None) -> tuple[list[dict], dict]:
     """Eval returns of the deterministic policy, and the Fig. 6 model accuracy: the first
     `model_eval_episodes` real episodes replayed open-loop in the learned model (ensemble mean,
-    predicted states clamped into `box`, as in training's imagined rollouts)."""
+    predicted states clamped into `box`: prediction_box(cfg["model_eval_box"], D_all))."""
     episodes = run_episodes(cfg["env"], algo.eval_policy(), cfg["eval_episodes"],
                             seed=stream_seed(cfg["seed"], "eval", deployment),
                             max_episode_steps=cfg["max_episode_steps"])
@@ -252,7 +252,7 @@ def run(cfg: dict, out: Path) -> None:
         algo.train(dataset, deployment, timer)
         with timer("eval"):
             data = dataset.all()
-            episodes, model_row = evaluate(cfg, algo, deployment, prediction_box(cfg["trpo"]["clip_predictions"], data))
+            episodes, model_row = evaluate(cfg, algo, deployment, prediction_box(cfg["model_eval_box"], data))
         returns = np.array([ep["ret"] for ep in episodes])
         rows["metrics"].append({"deployment": deployment, "samples_total": len(dataset),
                                 "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),

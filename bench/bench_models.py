@@ -20,6 +20,9 @@ What is counted:
                                 HalfCheetah's model reward and termination; frac_peak counts the
                                 model's forward FLOPs only (2 x sum in x out; the policy adds
                                 ~4 % at paper size and about as much as the model at mini size)
+  rollout_<size>_musbo_*        the same through MUSBO's own objects: dynamics M-hat (one member per
+                                step), the eq. 12 labels of the labeler P-hat (K = 3 probabilistic
+                                members, both heads) and the policy; frac_peak counts all three
 Sizes: paper = 5 members x 2 x 1024, batch 1000 per member (BREMEN), obs 17, act 6 (HalfCheetah);
 mini = 5 x 2 x 200, batch 256 (config/mini.yaml). Best of `repeats` timings (2 shared cores).
 
@@ -146,6 +149,38 @@ def rollout_rate(hidden, n_states, horizon, repeats) -> float:
     return n_states * horizon / _timed(run_once, repeats)
 
 
+def musbo_rollout_rate(size: str, n_states, horizon, repeats) -> float:
+    """Imagined transitions/s of MUSBO's TRPO rollouts: imagine() with its dynamics M-hat (one
+    member per step), its policy and the eq. 12 labels of its labeler P-hat (K = 3
+    probabilistic members), as MUSBO.train calls it; HalfCheetah, models of `size`."""
+    from algos.config import resolve_run_config
+    from algos.musbo import MUSBO
+    torch.manual_seed(0)
+    algo = MUSBO("halfcheetah", resolve_run_config(size, "musbo", "halfcheetah", "500k", 0), OBS, ACT,
+                 torch.device("cpu"), 0)
+    obs, act, nxt = synthetic_data(5000)
+    for model in (algo.dynamics, algo.labeler):
+        model.input_norm.fit(torch.cat([obs, act], 1))
+        model.target_norm.fit(nxt - obs)
+    gen = torch.Generator().manual_seed(0)
+    label_fn = lambda s, a: algo.imagined_labels(s, a, gen)  # noqa: E731
+    start = torch.randn(n_states, OBS, generator=torch.Generator().manual_seed(1))
+    run_once = lambda: imagine(algo.dynamics, algo.policy.sample, start, horizon, "halfcheetah", gen,  # noqa: E731
+                               label_fn=label_fn)
+    imagine(algo.dynamics, algo.policy.sample, start[:256], 1, "halfcheetah", gen, label_fn=label_fn)
+    return n_states * horizon / _timed(run_once, repeats)
+
+
+def musbo_rollout_flop(size: str) -> int:
+    """Forward FLOPs per imagined transition: one dynamics member, K labeler members (mean and
+    log-variance heads), the policy's mean network (2 x 200)."""
+    from algos.config import resolve_run_config
+    cfg = resolve_run_config(size, "musbo", "halfcheetah", "500k", 0)
+    k = cfg["labeler"]["members"]
+    return 2 * (macs_per_sample(cfg["dynamics"]["hidden"]) + k * macs_per_sample(cfg["labeler"]["hidden"], out_dim=2 * OBS)
+                + macs_per_sample(cfg["policy"]["hidden"], in_dim=OBS, out_dim=ACT))
+
+
 def run(quick: bool, threads: int | None = None, clock: str = "wall") -> dict:
     """All measurements in one process; `threads` sets torch's intra-op threads for the run
     (None: torch's default). Under CPU contention (other jobs on the 2 cores) 1 thread can be
@@ -185,6 +220,8 @@ def run(quick: bool, threads: int | None = None, clock: str = "wall") -> dict:
         hidden = SIZES[size]["hidden"]
         results[f"rollout_{size}"] = (measure(lambda: rollout_rate(hidden, n_states, horizon, repeats)),
                                       2 * macs_per_sample(hidden))
+        results[f"rollout_{size}_musbo"] = (measure(lambda: musbo_rollout_rate(size, n_states, horizon, repeats)),
+                                            musbo_rollout_flop(size))
     measure(lambda: None)
     out["gemm_gflops"], out["gemm_gflops_bf16"] = peaks[torch.float32], peaks[torch.bfloat16]
     out["rollout_states"] = n_states

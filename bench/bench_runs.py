@@ -80,11 +80,11 @@ def project_paper_run_hours(models: dict, trpo: dict, collect: dict, epochs_per_
     collection at the collector's random-action rate; dynamics (5 members) and labeler (3)
     trained `epochs_per_deployment` epochs on 85 % of D_all at the batched training rate
     (an assumption: early stopping decides the real number); per TRPO iteration one update at
-    the measured 50k-transition time (scaled) plus imagined steps costing 1 dynamics + 3
-    labeler member evaluations at the measured rollout rate. The update time is measured on
+    the measured 50k-transition time (scaled) plus the imagined transitions at the measured rate
+    of MUSBO's rollouts (dynamics, eq. 12 labels, policy). The update time is measured on
     `trpo["transitions"]` transitions (50k in full mode) and scaled linearly."""
     train_rate = models["train_paper_batched_member_samples_per_s"]
-    rollout_rate = models["rollout_paper_transitions_per_s"]
+    rollout_rate = models["rollout_paper_musbo_transitions_per_s"]
     update_per_transition = trpo["update"]["time_total"] / trpo["transitions"]
     hours = {}
     for env in ENV_NAMES:
@@ -96,7 +96,7 @@ def project_paper_run_hours(models: dict, trpo: dict, collect: dict, epochs_per_
             samples = 0.85 * i * B * epochs_per_deployment
             seconds += samples * (cfg["dynamics"]["members"] + cfg["labeler"]["members"]) / train_rate
             n = t["transitions_per_iteration"]
-            seconds += t["iterations"] * (update_per_transition * n + n * (1 + cfg["labeler"]["members"]) / rollout_rate)
+            seconds += t["iterations"] * (update_per_transition * n + n / rollout_rate)
         hours[env] = seconds / 3600
     return hours
 

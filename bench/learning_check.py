@@ -2,7 +2,7 @@
 at 500k, does the last deployment's eval return beat the uniform random policy (deployment 0
 of eval_returns.csv) and the first deployment by a clear margin?
 
-    python bench/learning_check.py [--seeds 0 1 2] [--envs halfcheetah hopper] [--algos musbo bremen mopo]
+    python bench/learning_check.py [--seeds 0 1 2] [--envs halfcheetah hopper] [--algos musbo bremen mopo] [--jobs 2]
 
 Runs of the mini grid (results/mini/runs/...) are reused when complete; other seeds run into
 results/mini/learning_check/... (resumable: rerunning continues where a run stopped). Prints a
@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +45,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--envs", nargs="+", default=["halfcheetah", "hopper"])
     parser.add_argument("--algos", nargs="+", default=["musbo", "bremen", "mopo"])
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each in mini)")
     args = parser.parse_args()
     grid_seeds = load_profile("mini")["seeds"]
+    runs = [(algo, env, seed, run_dir(algo, env, seed, grid_seeds))
+            for env in args.envs for algo in args.algos for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on the run subprocesses
+        list(pool.map(lambda r: ensure_run(*r), runs))
     rows = []
-    for env in args.envs:
-        for algo in args.algos:
-            for seed in args.seeds:
-                out = run_dir(algo, env, seed, grid_seeds)
-                ensure_run(algo, env, seed, out)
-                metrics = pd.read_csv(out / "metrics.csv")
-                evals = pd.read_csv(out / "eval_returns.csv")
-                rows.append({"env": env, "algo": algo, "seed": seed,
-                             "random_policy": evals[evals.deployment == 0]["return"].mean(),
-                             "deployment_1": metrics.eval_return_mean.iloc[0],
-                             "last_deployment": metrics.eval_return_mean.iloc[-1],
-                             "best_deployment": metrics.eval_return_mean.max()})
+    for algo, env, seed, out in runs:
+        metrics = pd.read_csv(out / "metrics.csv")
+        evals = pd.read_csv(out / "eval_returns.csv")
+        rows.append({"env": env, "algo": algo, "seed": seed,
+                     "random_policy": evals[evals.deployment == 0]["return"].mean(),
+                     "deployment_1": metrics.eval_return_mean.iloc[0],
+                     "last_deployment": metrics.eval_return_mean.iloc[-1],
+                     "best_deployment": metrics.eval_return_mean.max()})
     df = pd.DataFrame(rows)
     summary = []
     for (env, algo), g in df.groupby(["env", "algo"], sort=False):

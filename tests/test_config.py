@@ -40,6 +40,8 @@ def test_set_overrides_a_key_with_type_coercion():
     ("trpo.iterations=0", "must be positive"),
     ("dynamics.batch_size=-5", "must not be negative"),
     ("musbo.exploration_noise=loud", "choose one of eq22, one_minus_u, none"),
+    ("trpo.clip_predictions=true", "choose one of abs_1e5, data_range, none"),   # the old boolean form
+    ("model_eval_box=obs_range", "choose one of abs_1e5, data_range, none"),
     ("musbo.uncertainty_weighting=1", "must be bool"),
     ("dynamics.holdout=1.5", "must lie in (0, 1]"),
     ("trpo.delta", "must look like key=value"),

@@ -347,6 +347,12 @@ def test_cheetah_run_fast_step_is_bit_identical_to_dm_control():
             assert trunc == ts.last() == (t == 999)
     with pytest.raises(RuntimeError, match="reset"):
         ours.step(np.zeros(6))
+    # an invalid state raises as dm_control's Physics.step does (here: a NaN control)
+    from dm_control.rl.control import PhysicsError
+    for env, step in ((ours, ours.step), (ref, ref._dm_env.step)):
+        env.reset(seed=0)
+        with pytest.raises(PhysicsError):
+            step(np.full(6, np.nan))
     # the reward formula at and around its breakpoints, against dm_control's tolerance
     from dm_control.utils import rewards
     for speed in (-3.0, 0.0, 1e-9, 2.5, 9.999, 10.0, 12.0):
