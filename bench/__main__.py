@@ -32,31 +32,22 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes (smoke runs, no mini runs)")
-    parser.add_argument("--out", type=Path, default=HERE / "results.json")
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    t0 = time.time()
-    sections = {}
-    for name, fn in [("models", lambda: bench_models.run(args.quick, threads=1, clock="cpu")),
-                     ("trpo", lambda: bench_trpo.run(args.quick)),
-                     ("sac", lambda: bench_sac.run(args.quick)),
-                     ("collect", lambda: bench_collect.run(args.quick)),
-                     ("novelty", lambda: bench_novelty.run(args.quick)),
-                     ("runs", lambda: bench_runs.run(args.quick))]:
-        print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        sections[name] = fn()
+SECTIONS = {"models": lambda quick: bench_models.run(quick, threads=1, clock="cpu"),
+            "trpo": bench_trpo.run, "sac": bench_sac.run, "collect": bench_collect.run,
+            "novelty": bench_novelty.run, "runs": bench_runs.run}
+
+
+def headline(sections: dict, quick: bool, seconds: float) -> dict:
+    """The keys of bench/results.json, from the sections' raw measurements."""
     models, collect, runs = sections["models"], sections["collect"], sections["runs"]
     runs["paper_run_hours_projected"] = bench_runs.project_paper_run_hours(models, sections["trpo"], collect)
     fractions = [row["collect_fraction_of_physics"] for row in collect["envs"].values()]
-    results = {
-        "device": device,
+    return {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
         "git_commit": git_commit(),
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
-        "quick": args.quick,
+        "quick": quick,
         "gemm_gflops": models["gemm_gflops"],
         "ensemble_train_fraction_of_peak": models["train_paper_batched_frac_peak"],
         "ensemble_train_batched_vs_loop": (models["train_paper_batched_member_samples_per_s"]
@@ -72,9 +63,35 @@ def main() -> None:
         "mini_grid_minutes": runs["mini_grid_minutes"],
         "mini_grid_minutes_source": runs["mini_grid_minutes_source"],
         "paper_run_hours_projected": runs["paper_run_hours_projected"],
-        "bench_seconds": time.time() - t0,
+        "bench_seconds": seconds,
         "sections": sections,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes (smoke runs, no mini runs)")
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), metavar="SECTION",
+                        help="rerun these sections only and update them in an existing --out "
+                             f"(sections: {', '.join(SECTIONS)}); each section records its own git commit")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+    t0 = time.time()
+    sections, names = {}, list(SECTIONS)
+    if args.only:
+        if not args.out.is_file():
+            sys.exit(f"--only needs an existing {args.out}; run the whole bench first")
+        previous = json.loads(args.out.read_text())
+        if previous["quick"] != args.quick:
+            sys.exit(f"{args.out} was measured with quick={previous['quick']}; pass the same mode")
+        sections, names = previous["sections"], args.only
+        for section in sections.values():  # kept sections: the commit they were measured at
+            section.setdefault("git_commit", previous["git_commit"])
+    for name in names:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        sections[name] = {**SECTIONS[name](args.quick), "git_commit": git_commit()}
+    seconds = time.time() - t0 + (previous["bench_seconds"] if args.only else 0.0)
+    results = headline(sections, args.quick, seconds)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(results, indent=2, default=float))
     os.replace(tmp, args.out)

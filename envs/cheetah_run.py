@@ -71,26 +71,31 @@ class CheetahRunEnv(gym.Env):
         self._dm_env.task.random.seed(int(self.np_random.integers(2**32)))
         time_step = self._dm_env.reset()
         self._needs_reset, self._steps = False, 0
+        # live views into MjData for step(): each attribute access would build a new array
+        data = self.data
+        self._ctrl, self._qpos, self._qvel, self._sensordata = data.ctrl, data.qpos, data.qvel, data.sensordata
+        self._warnings = data.warning.number
         return self._flat(time_step.observation), {}
 
     def step(self, action):
         if self._needs_reset:
             raise RuntimeError("CheetahRunEnv: call reset() before step() (the episode is over or not begun)")
         model, data = self.model, self.data
-        warnings_before = data.warning.number.copy()
-        np.copyto(data.ctrl, action)  # Cheetah.before_step: physics.set_control
+        warnings_before = self._warnings.tobytes()
+        np.copyto(self._ctrl, action)  # Cheetah.before_step: physics.set_control
         # Physics.step(): the legacy step of an Euler model, finish this step, then update
         # the position- and velocity-dependent fields (the sensors) for the next state
         mujoco.mj_step2(model, data)
         mujoco.mj_step1(model, data)
-        if (data.warning.number > warnings_before).any():  # Physics.check_invalid_state
+        # Physics.check_invalid_state: a warning counter went up (counters only grow within a step)
+        if self._warnings.tobytes() != warnings_before:
             raise PhysicsError(f"cheetah-run: the physics state is invalid (MuJoCo warnings "
-                               f"{data.warning.number.tolist()}); the action was {np.asarray(action).tolist()}")
+                               f"{self._warnings.tolist()}); the action was {np.asarray(action).tolist()}")
         self._steps += 1
         truncated = self._steps >= self._step_limit  # only the time limit ends a cheetah/run episode
         self._needs_reset = truncated
-        obs = np.concatenate((data.qpos[1:], data.qvel)).astype(np.float32)
-        return obs, run_reward(float(data.sensordata[self._speed_adr])), False, truncated, {}
+        obs = np.concatenate((self._qpos[1:], self._qvel)).astype(np.float32)
+        return obs, run_reward(float(self._sensordata[self._speed_adr])), False, truncated, {}
 
 
 def run_reward(speed: float) -> float:
