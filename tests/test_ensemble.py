@@ -352,3 +352,22 @@ def test_numpy_next_obs_means_equal_predict(kw):
     with torch.no_grad():
         m.net.layers[0].weight.add_(1.0)
     np.testing.assert_array_equal(snapshot((obs[:7] * 3 + 1).numpy(), act[:7].numpy()), got)
+
+
+@pytest.mark.parametrize("probabilistic", [False, True])
+def test_blocked_inference_equals_one_block(probabilistic, monkeypatch):
+    """No-grad predict runs in blocks of INFERENCE_ROWS rows; the result must not depend on it."""
+    m = model(probabilistic=probabilistic)
+    obs, act, nxt = toy_data(700)
+    m.fit(obs, act, nxt, max_epochs=1, generator=gen())
+    members = torch.arange(700) % 3
+    with torch.no_grad():
+        monkeypatch.setattr(DynamicsEnsemble, "INFERENCE_ROWS", 64)   # 11 blocks, the last one short
+        blocked, blocked_per_sample = m.predict(obs, act), m.predict(obs, act, member=members)
+        monkeypatch.setattr(DynamicsEnsemble, "INFERENCE_ROWS", 10**9)
+        whole = m.predict(obs, act)
+    torch.testing.assert_close(blocked.next_obs, whole.next_obs, rtol=1e-6, atol=1e-6)
+    if probabilistic:
+        torch.testing.assert_close(blocked.next_obs_std, whole.next_obs_std, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(blocked_per_sample.next_obs, whole.next_obs[members, torch.arange(700)],
+                               rtol=1e-6, atol=1e-6)

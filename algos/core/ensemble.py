@@ -348,8 +348,18 @@ class DynamicsEnsemble(nn.Module):
         return (out.float() - yb).square().mean(dim=(1, 2))
 
     # ---- prediction ----------------------------------------------------------------------
+    # Rows per block of no-grad inference: the [members, rows, hidden] activations stay in cache.
+    # One block of 60k rows spends ~30 % of its time copying the broadcast bias into a 0.7 GB
+    # output (torch.profiler); blocks of 1024 rows made the paper-size labeler 1.9x faster.
+    INFERENCE_ROWS = 1024
+
     def _forward_members(self, x: torch.Tensor, members) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Standardised outputs for standardised inputs x [m, N, in] of the selected members."""
+        rows = self.INFERENCE_ROWS
+        if not torch.is_grad_enabled() and x.shape[1] > rows:
+            blocks = [self._forward_members(x[:, i:i + rows], members) for i in range(0, x.shape[1], rows)]
+            mean = torch.cat([b[0] for b in blocks], dim=1)
+            return mean, (torch.cat([b[1] for b in blocks], dim=1) if self.probabilistic else None)
         out = self.net(x, members)
         return (out[0], out[1]) if self.probabilistic else (out, None)
 
