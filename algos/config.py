@@ -18,13 +18,15 @@ PROFILES = ("paper", "mini", "smoke")
 ALGOS = ("musbo", "bremen", "mopo")
 BUDGETS = ("500k", "250k")
 
+# The clamps of imagined states (algos/core/model_trpo.py: prediction_box).
+PREDICTION_BOXES = ("abs_1e5", "data_range", "none")
 # String-valued keys and the values they accept (the spec's switches).
 CHOICES = {
     "start_states": ("episode_starts", "all_states"),
     "mopo.start_states": ("episode_starts", "all_states"),
     "trpo.baseline": ("linear", "mlp"),
-    "trpo.clip_predictions": ("abs_1e5", "data_range", "none"),
-    "model_eval_box": ("abs_1e5", "data_range", "none"),
+    "trpo.clip_predictions": PREDICTION_BOXES,
+    "model_eval_box": PREDICTION_BOXES,
     "musbo.member_choice": ("per_iteration", "per_step", "per_rollout"),
     "bremen.member_choice": ("per_iteration", "per_step", "per_rollout"),
     "musbo.label_reading": ("max_error", "max_label"),

@@ -60,33 +60,27 @@ class CheetahRunEnv(gym.Env):
     def data(self) -> mujoco.MjData:
         return self.physics.data.ptr
 
-    @staticmethod
-    def _flat(observation) -> np.ndarray:
-        return np.concatenate((observation["position"], observation["velocity"])).astype(np.float32)
-
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         # dm_control draws the initial joint angles from task.random: seed it from our np_random,
         # so that reset(seed=s) is deterministic and later unseeded resets follow from it.
         self._dm_env.task.random.seed(int(self.np_random.integers(2**32)))
-        time_step = self._dm_env.reset()
+        self._dm_env.reset()
         self._needs_reset, self._steps = False, 0
-        # live views into MjData for step(): each attribute access would build a new array
-        data = self.data
+        # the raw MuJoCo structures and live views into MjData for step(): each attribute access
+        # would go through dm_control's wrappers or build a new array
+        self._mj_model, self._mj_data = self.model, self.data
+        data = self._mj_data
         self._ctrl, self._qpos, self._qvel, self._sensordata = data.ctrl, data.qpos, data.qvel, data.sensordata
         self._warnings = data.warning.number
-        return self._flat(time_step.observation), {}
+        return self._observation(), {}
 
     def step(self, action):
         if self._needs_reset:
             raise RuntimeError("CheetahRunEnv: call reset() before step() (the episode is over or not begun)")
-        model, data = self.model, self.data
         warnings_before = self._warnings.tobytes()
         np.copyto(self._ctrl, action)  # Cheetah.before_step: physics.set_control
-        # Physics.step(): the legacy step of an Euler model, finish this step, then update
-        # the position- and velocity-dependent fields (the sensors) for the next state
-        mujoco.mj_step2(model, data)
-        mujoco.mj_step1(model, data)
+        self._physics_step()
         # Physics.check_invalid_state: a warning counter went up (counters only grow within a step)
         if self._warnings.tobytes() != warnings_before:
             raise PhysicsError(f"cheetah-run: the physics state is invalid (MuJoCo warnings "
@@ -94,8 +88,17 @@ class CheetahRunEnv(gym.Env):
         self._steps += 1
         truncated = self._steps >= self._step_limit  # only the time limit ends a cheetah/run episode
         self._needs_reset = truncated
-        obs = np.concatenate((self._qpos[1:], self._qvel)).astype(np.float32)
-        return obs, run_reward(float(self._sensordata[self._speed_adr])), False, truncated, {}
+        return self._observation(), run_reward(float(self._sensordata[self._speed_adr])), False, truncated, {}
+
+    def _physics_step(self) -> None:
+        """Physics.step(): the legacy step of an Euler model; finish this step, then update the
+        position- and velocity-dependent fields (the sensors) for the next state."""
+        mujoco.mj_step2(self._mj_model, self._mj_data)
+        mujoco.mj_step1(self._mj_model, self._mj_data)
+
+    def _observation(self) -> np.ndarray:
+        """Cheetah.get_observation flattened: position (qpos[1:]) then velocity (qvel), float32."""
+        return np.concatenate((self._qpos[1:], self._qvel)).astype(np.float32)
 
 
 def run_reward(speed: float) -> float:

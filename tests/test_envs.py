@@ -337,6 +337,8 @@ def test_cheetah_run_fast_step_is_bit_identical_to_dm_control():
         o1, _ = ours.reset(seed=3 + episode)
         o2, _ = ref.reset(seed=3 + episode)   # the same full simulator state (warm start included)
         np.testing.assert_array_equal(o1, o2)
+        dm_obs = ref._dm_env.task.get_observation(ref.physics)  # dm_control's own observation
+        np.testing.assert_array_equal(o1, np.concatenate((dm_obs["position"], dm_obs["velocity"])).astype(np.float32))
         for t in range(1000):
             a = rng.uniform(-1, 1, 6)
             obs, rew, term, trunc, _ = ours.step(a)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from algos.config import PREDICTION_BOXES
 from algos.core.bc import weighted_bc
 from algos.core.ensemble import DynamicsEnsemble
 from algos.core.policy import GaussianPolicy
@@ -32,11 +33,9 @@ def fit_ensemble(model: DynamicsEnsemble, data: dict, section: dict, generator: 
                      weight_decay=weight_decay, generator=generator, progress=sys.stderr.isatty())
 
 
-PREDICTION_BOXES = ("abs_1e5", "data_range", "none")
-
-
 def prediction_box(kind: str, data: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    """The box every imagined state is clamped into (`trpo.clip_predictions`):
+    """The box every imagined state is clamped into (`trpo.clip_predictions`; the Fig. 6
+    replay's `model_eval_box`):
     - "abs_1e5": |s_j| <= 1e5 (BREMEN's code: clip to the observation space's bounds, which
       are infinite for the MuJoCo envs, then to +-1e5; a guard against overflow only);
     - "data_range": the range of every state seen in D_all, next states included: a terminal
@@ -50,7 +49,7 @@ def prediction_box(kind: str, data: dict) -> tuple[np.ndarray, np.ndarray] | Non
     if kind == "data_range":
         states = np.concatenate([data["obs"], data["next_obs"]])
         return states.min(0), states.max(0)
-    raise ValueError(f"trpo.clip_predictions must be one of {PREDICTION_BOXES}, got {kind!r}")
+    raise ValueError(f"the prediction box must be one of {PREDICTION_BOXES}, got {kind!r}")
 
 
 def make_policy(cfg: dict, obs_dim: int, act_dim: int, device) -> GaussianPolicy:
