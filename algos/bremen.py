@@ -10,6 +10,7 @@ import numpy as np
 from algos.core.ensemble import DynamicsEnsemble
 from algos.core.model_trpo import (clone_policy, fit_ensemble, make_ensemble, make_policy, prediction_box,
                                    train_in_model)
+from algos.core.scalars import Scalars
 from algos.core.seeding import rngs, stream_seed
 
 
@@ -20,6 +21,7 @@ class BREMEN:
         self.b = cfg["bremen"]
         self.dynamics = make_ensemble(cfg["dynamics"], obs_dim, act_dim, device, probabilistic=False)
         self.policy = make_policy(cfg, obs_dim, act_dim, device)
+        self.scalars = Scalars()  # diagnostics; the run hands in a file-backed one
 
     def train(self, dataset, deployment: int, timer) -> None:
         cfg, seed = self.cfg, self.seed

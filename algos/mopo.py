@@ -27,6 +27,7 @@ import envs
 from algos.core.dataset import DeploymentDataset
 from algos.core.ensemble import DynamicsEnsemble, Prediction
 from algos.core.sac import SAC, ReplayBuffer, TanhGaussianActor, mixed_batch
+from algos.core.scalars import Scalars
 from algos.core.seeding import rngs, seed_globals, stream_seed
 
 PENALTIES = ("max_std_norm", "frobenius")
@@ -106,6 +107,7 @@ class MOPO:
         self.model = self._new_model("init")
         self.sac = self._new_sac("init")
         self.stats: dict = {}
+        self.scalars = Scalars()  # diagnostics; the run hands in a file-backed one
 
     # ---- construction ----------------------------------------------------------------------
     def _new_model(self, *stream) -> DynamicsEnsemble:

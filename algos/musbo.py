@@ -12,6 +12,7 @@ import torch
 from algos.core.ensemble import DynamicsEnsemble
 from algos.core.model_trpo import (clone_policy, fit_ensemble, make_ensemble, make_policy, prediction_box,
                                    train_in_model)
+from algos.core.scalars import Scalars
 from algos.core.seeding import rngs, stream_seed
 
 
@@ -24,6 +25,7 @@ class MUSBO:
         self.labeler = make_ensemble(cfg["labeler"], obs_dim, act_dim, device, probabilistic=True)     # P-hat-phi
         self.policy = make_policy(cfg, obs_dim, act_dim, device)
         self.labeler_ready = False  # no labeler before B(1) has been seen
+        self.scalars = Scalars()  # diagnostics; the run hands in a file-backed one
 
     # ------------------------------------------------------------------ labels
     def _squared_error(self, diff: torch.Tensor) -> torch.Tensor:

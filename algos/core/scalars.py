@@ -1,0 +1,103 @@
+"""Per-iteration diagnostics of a run: one long table `scalars.csv` with the columns
+deployment, phase, step, name, value, appended and flushed as the run goes.
+
+Every part of an algorithm records what it did through the `Scalars` it is handed
+(`algo.scalars`): losses, labels, KL, live imagined samples, imagined returns, ... The run
+(algos/run.py) gives each algorithm a file-backed one and sets the deployment; an algorithm
+built alone (tests, bench) keeps an in-memory one whose `rows` can be read back.
+
+Values are host floats: record once per iteration or epoch, never inside a device loop (each
+`float()` of a CUDA tensor is a host sync)."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ("deployment", "phase", "step", "name", "value")
+QUANTILES = (10, 50, 90)
+
+
+class Scalars:
+    """`add(phase, name, value, step)`; `distribution(phase, name, values, step)` records the
+    mean and 10/50/90 % quantiles (and, with `bounds`, the share of values within 0.01 of each
+    bound). `path`: append to this CSV (created with its header); `tensorboard_dir`: mirror every
+    scalar to TensorBoard (needs the `tensorboard` extra)."""
+
+    def __init__(self, path: Path | None = None, tensorboard_dir: Path | None = None):
+        self.deployment = 0
+        self.rows: list[dict] = []
+        self.path = Path(path) if path is not None else None
+        self._file = None
+        self._tb = None
+        if self.path is not None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self._file = open(self.path, "a", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS, lineterminator="\n")
+            if new:
+                self._writer.writeheader()
+                self._file.flush()
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:  # the optional extra is missing
+                raise RuntimeError("--track tensorboard needs the tensorboard package: "
+                                   "pip install -e '.[track]' (or drop --track)") from err
+            self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
+
+    def set_deployment(self, deployment: int) -> None:
+        self.deployment = int(deployment)
+
+    def add(self, phase: str, name: str, value, step: int = 0) -> None:
+        value = float(value)
+        row = {"deployment": self.deployment, "phase": phase, "step": int(step), "name": name, "value": value}
+        self.rows.append(row)
+        if self._file is not None:
+            self._writer.writerow(row)
+            self._file.flush()
+        if self._tb is not None and math.isfinite(value):
+            # one TensorBoard curve per (phase, name); x = deployment-major global step
+            self._tb.add_scalar(f"{phase}/{name}", value, global_step=self.deployment * 1_000_000 + int(step))
+
+    def add_many(self, phase: str, values: dict, step: int = 0) -> None:
+        for name, value in values.items():
+            self.add(phase, name, value, step)
+
+    def distribution(self, phase: str, name: str, values, step: int = 0, bounds: tuple | None = None) -> None:
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if values.size == 0:
+            return
+        self.add(phase, f"{name}_mean", values.mean(), step)
+        for q, v in zip(QUANTILES, np.percentile(values, QUANTILES)):
+            self.add(phase, f"{name}_p{q}", v, step)
+        for bound in bounds or ():
+            self.add(phase, f"{name}_share_at_{bound:g}", np.mean(np.abs(values - bound) <= 0.01), step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def truncate_scalars(path: Path, through_deployment: int) -> None:
+    """Keep only the rows of deployments <= through_deployment (a resumed run redoes the rest),
+    rewriting the file atomically. A missing file stays missing."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["deployment"]) <= through_deployment]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
