@@ -5,13 +5,12 @@ the NEWEST batch only, run TRPO in the ensemble (one member per step, KL bound t
 iterate, linear baseline), deploy mean + N(0, 0.1^2). Facts from ../shared/spec/BASELINES.md."""
 from __future__ import annotations
 
-import numpy as np
-
 from algos.core.ensemble import DynamicsEnsemble
-from algos.core.model_trpo import (clone_policy, fit_ensemble, make_ensemble, make_policy, prediction_box,
-                                   train_in_model)
+from algos.core.bc import clone_policy
+from algos.core.model_trpo import make_policy, prediction_box, train_in_model
 from algos.core.scalars import Scalars
 from algos.core.seeding import rngs, stream_seed
+from algos.core.training import StoppingRule, fit_ensemble, make_ensemble
 
 
 class BREMEN:
@@ -28,22 +27,41 @@ class BREMEN:
         data = dataset.all()
         _, gen = rngs(seed, "dynamics", deployment, device=self.device)
         with timer("model"):
-            # Deterministic ensemble, MSE + small L2 penalty, warm-started across deployments.
+            # Deterministic ensemble, MSE + L2 of the hidden kernels / N_train, warm-started across
+            # deployments; validated every 5 epochs on the last 15 % of each batch, a member stops 20
+            # epochs after its best and keeps its last weights (model/dynamics.py:189-214).
             if not self.b["warm_start"]:
                 self.dynamics = make_ensemble(cfg["dynamics"], self.obs_dim, self.act_dim, self.device, False)
-            fit_ensemble(self.dynamics, data, cfg["dynamics"], gen, weight_decay=self.b["dynamics_weight_decay"])
+            l2 = "per_train_sample" if self.b["dynamics_l2"] == "per_train_sample" else self.b["dynamics_weight_decay"]
+            fit_ensemble(self.dynamics, dataset, cfg["dynamics"], gen, self.model_stopping(), weight_decay=l2,
+                         scalars=self.scalars)
         _, gen = rngs(seed, "bc", deployment, device=self.device)
         with timer("bc"):
-            # Behaviour cloning of the newest batch B(i) only, from fresh weights (no weights: plain BC).
+            # Behaviour cloning of the newest batch B(i) only, from fresh weights (no weights: plain BC):
+            # bc.steps Adam steps, no holdout; the normaliser from every batch cloned so far (= D_all).
             if self.b["reinit_policy"]:
                 self.policy = make_policy(cfg, self.obs_dim, self.act_dim, self.device)
-            clone_data = dataset.newest() if self.b["bc_newest_batch_only"] else data
-            clone_policy(self.policy, clone_data, np.ones(len(clone_data["obs"]), np.float32), cfg, gen)
+            newest = self.b["bc_newest_batch_only"]
+            if self.b["bc_early_stopping"]:  # switch: the project's old BC (holdout, patience)
+                train, holdout = dataset.split(cfg["bc"]["holdout_split"], cfg["bc"]["holdout"], gen, newest_only=newest)
+            else:
+                train, holdout = (dataset.newest() if newest else data), None
+            clone_policy(self.policy, train, cfg, gen, all_obs=data["obs"], holdout=holdout,
+                         early_stopping=self.b["bc_early_stopping"], scalars=self.scalars)
         _, gen = rngs(seed, "trpo", deployment, device=self.device)
         with timer("policy"):
-            # Plain TRPO in the model (label_fn=None), starting from the cloned policy.
+            # Plain TRPO in the model (label_fn=None), starting from the cloned policy; the model
+            # reward reads x-velocity as BREMEN's reward functions do (bremen.model_reward_velocity_from).
             train_in_model(self.policy, self.dynamics, dataset.start_states(cfg["start_states"]),
-                           prediction_box(cfg["trpo"]["clip_predictions"], data), cfg, self.b["member_choice"], gen)
+                           prediction_box(cfg["trpo"]["clip_predictions"], data), cfg, self.b["member_choice"], gen,
+                           scalars=self.scalars, reward_velocity_from=self.b["model_reward_velocity_from"])
+
+    def model_stopping(self) -> StoppingRule:
+        """BREMEN's dynamics fit (model/dynamics.py:195-214): up to 200 epochs, validated every 5,
+        each member stops 20 epochs after its best and keeps its last weights."""
+        b = self.b
+        return StoppingRule(patience=b["model_patience"], validate_every=b["model_validate_every"],
+                            max_epochs=b["model_max_epochs"], keep="last", per_member=True)
 
     def collection_policy(self, deployment: int):
         """Deployment 1: uniform random; later a = mean(s) + N(0, 0.1^2)."""

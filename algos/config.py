@@ -1,43 +1,79 @@
-"""Run profiles: config/paper.yaml holds every number; mini.yaml and smoke.yaml override parts.
+"""Run profiles: config/paper.yaml holds every number; any config/<name>.yaml overrides parts
+(mini.yaml and smoke.yaml ship with the repo; a user's own profile is one more such file).
 
 A run's configuration is resolved once, in this order, and saved with the run:
   run.defaults  <-  run.envs.<env>  <-  --set key=value overrides
-The keys of `run.defaults` are the schema: anything not there is rejected, with the closest
-known key named, before any work starts.
+The keys of `run.defaults` in config/paper.yaml are the schema: anything not there is rejected
+(in a profile, a workflow config or an override), with the closest known key named, before any
+work starts. Every leaf keeps the type of its paper value, every number is finite.
+`config_hash` names a resolved config (the run directory's identity, algos/rundir.py).
+
+    python -m algos.config write-run-config --out FILE --profile P --algo A --env E --budget B
+        --seed N [--workflow-config merged.yaml] [--set KEY=VALUE ...]
+writes the resolved run config that `python -m algos.run --run-config FILE` runs.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
-PROFILES = ("paper", "mini", "smoke")
+SHIPPED_PROFILES = ("paper", "mini", "smoke")  # any config/<name>.yaml is a profile too
 ALGOS = ("musbo", "bremen", "mopo")
+# What resolve_run_config adds to the tree of run.defaults: the run's identity and B = budget / I.
+RUN_KEYS = ("profile", "algo", "env", "budget", "seed", "batch_size")
 BUDGETS = ("500k", "250k")
 
 # The clamps of imagined states (algos/core/model_trpo.py: prediction_box).
 PREDICTION_BOXES = ("abs_1e5", "data_range", "none")
+# How the imagined-rollout loop runs (algos/core/rollouts.py: resolve_engine).
+ROLLOUT_ENGINES = ("auto", "eager", "compiled", "cuda_graph")
 # String-valued keys and the values they accept (the spec's switches).
 CHOICES = {
     "start_states": ("episode_starts", "all_states"),
     "mopo.start_states": ("episode_starts", "all_states"),
     "trpo.baseline": ("linear", "mlp"),
+    "trpo.line_search": ("bremen", "kl_backtrack"),
+    "trpo.sample_noise": ("fixed", "policy"),
+    "policy.log_std": ("state_dependent", "global"),
+    "bremen.model_reward_velocity_from": ("next_obs", "obs", "bremen_code"),
     "trpo.clip_predictions": PREDICTION_BOXES,
+    "trpo.rollout_engine": ROLLOUT_ENGINES,
     "model_eval_box": PREDICTION_BOXES,
     "musbo.member_choice": ("per_iteration", "per_step", "per_rollout"),
     "bremen.member_choice": ("per_iteration", "per_step", "per_rollout"),
     "musbo.label_reading": ("max_error", "max_label"),
-    "musbo.label_space": ("raw", "normalized"),
+    "musbo.eq9_distance": ("raw", "std_sum", "std_mean"),
+    "musbo.eq12_distance": ("raw", "std_sum", "std_mean"),
+    "musbo.eq22_reading": ("sigma", "variance"),
     "musbo.exploration_noise": ("eq22", "one_minus_u", "none"),
     "mopo.penalty": ("max_std_norm", "frobenius"),
+    # model fits and BC (algos/core/training.py, dataset.py: SPLITS, bc.py: NORMALIZERS)
+    "dynamics.holdout_split": ("batch_tail", "random"),
+    "labeler.holdout_split": ("batch_tail", "random"),
+    "bc.holdout_split": ("batch_tail", "random"),
+    "dynamics.keep": ("last", "best"),
+    "labeler.keep": ("last", "best"),
+    "bc.obs_normalizer": ("all_batches", "cloned_data"),
+    "bremen.dynamics_l2": ("per_train_sample", "fixed"),
+    "mopo.target_space": ("raw", "standardized"),
 }
 # Numeric keys that may be zero or negative; every other number must be > 0.
-MAY_BE_NEGATIVE = {"policy.init_log_std", "policy.min_log_std", "mopo.logvar_min_init", "mopo.target_entropy"}
+MAY_BE_NEGATIVE = {"policy.init_log_std", "policy.min_log_std", "policy.max_log_std", "mopo.logvar_min_init", "mopo.target_entropy"}
 MAY_BE_ZERO = {"torch_threads", "dynamics.weight_decay", "bremen.dynamics_weight_decay", "mopo.weight_decay",
-               "mopo.logvar_bound_penalty", "mopo.logvar_max_init", "mopo.improvement_threshold"}
+               "mopo.logvar_bound_penalty", "mopo.logvar_max_init", "mopo.improvement_threshold",
+               "mopo.max_epochs", "bc.obs_var_floor"}
 FRACTIONS = {"dynamics.holdout", "labeler.holdout", "bc.holdout", "mopo.holdout_fraction",
              "trpo.fvp_subsample", "mopo.real_ratio", "trpo.gae_lambda", "gamma", "mopo.sac_tau",
              "trpo.line_search_decay"}
@@ -61,20 +97,35 @@ def deep_merge(base: dict, override: dict) -> dict:
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} is missing; restore it from git (git checkout -- {path})")
-    with open(path) as f:
-        data = yaml.safe_load(f)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     return data
 
 
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
 def load_profile(profile: str) -> dict:
-    """config/paper.yaml deep-merged with config/<profile>.yaml (paper: itself)."""
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    """config/paper.yaml deep-merged with config/<profile>.yaml (paper: itself). Any file in
+    config/ is a profile; its `profile:` key, when given, must equal its name."""
+    if not isinstance(profile, str) or not PROFILE_NAME.match(profile) or profile == "schema":
+        raise ConfigError(f"profile {profile!r} is not a profile name; use the name of a file config/<name>.yaml")
     config = _read_yaml(CONFIG_DIR / "paper.yaml")
     if profile != "paper":
-        config = deep_merge(config, _read_yaml(CONFIG_DIR / f"{profile}.yaml"))
+        path = CONFIG_DIR / f"{profile}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown profile {profile!r}: {path} does not exist; create it (it is merged over "
+                              f"config/paper.yaml) or use one of {', '.join(SHIPPED_PROFILES)}")
+        own = _read_yaml(path)
+        if own.get("profile", profile) != profile:
+            raise ConfigError(f"{path} says profile: {own['profile']!r}; a profile file's profile key must be its "
+                              f"file name ({profile!r})")
+        config = deep_merge(config, own)
+    config["profile"] = profile
     return config
 
 
@@ -134,6 +185,8 @@ def _check_value(key: str, value) -> None:
     for number in numbers:
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             continue
+        if not math.isfinite(number):  # nan, inf, and 1e400 (read as inf)
+            raise ConfigError(f"{key}={number!r} must be a finite number")
         if key in FRACTIONS and not 0 < number <= 1:
             raise ConfigError(f"{key}={number!r} must lie in (0, 1]")
         if key not in MAY_BE_NEGATIVE and number < 0:
@@ -155,11 +208,79 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def resolve_run_config(profile: str, algo: str, env: str, budget: str, seed: int,
-                       overrides: list[str] = ()) -> dict:
-    """The fully resolved configuration of one run (saved as config.yaml in its directory)."""
+@lru_cache(maxsize=1)
+def _paper_schema_text() -> str:
+    return json.dumps(_read_yaml(CONFIG_DIR / "paper.yaml")["run"]["defaults"])
+
+
+def schema() -> dict:
+    """The tree of run.defaults in config/paper.yaml: every key a run may have, and its type."""
+    return json.loads(_paper_schema_text())
+
+
+def _typed(tree, schema_tree: dict, prefix: str, flat_schema: dict, where: str) -> dict:
+    """`tree` checked leaf by leaf against `schema_tree`: no unknown or missing key, a mapping
+    exactly where the schema has one, every value of its schema type and valid."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}{prefix.rstrip('.') or 'run.defaults'} must be a mapping of "
+                          f"{', '.join(schema_tree)}, got {tree!r}")
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if key not in schema_tree:
+            raise ConfigError(where + str(_unknown_key(name, flat_schema)))
+        default = schema_tree[key]
+        if isinstance(default, dict):
+            out[key] = _typed(value, default, name + ".", flat_schema, where)
+            continue
+        if isinstance(value, dict):
+            raise ConfigError(f"{where}{name} must be {type(default).__name__} (like {default!r}), "
+                              f"got the mapping {value!r}")
+        try:
+            value = _check_type(name, value, default)
+            _check_value(name, value)
+        except ConfigError as err:
+            raise ConfigError(where + str(err)) from None
+        out[key] = value
+    missing = [f"{prefix}{key}" for key in schema_tree if key not in tree]
+    if missing:
+        raise ConfigError(f"{where}missing config key(s) {', '.join(missing)}; see config/paper.yaml (run.defaults)")
+    return out
+
+
+def _check_keys(tree: dict, flat_schema: dict, where: str) -> None:
+    """A partial tree (a profile's or workflow's run.defaults, an env section): known keys only."""
+    for key, value in _flatten(tree).items():
+        if key in flat_schema:
+            continue
+        parent = next((p for p in flat_schema if key.startswith(p + ".")), None)
+        if parent is not None:  # e.g. trpo.delta: {a: 1}
+            default = flat_schema[parent]
+            raise ConfigError(f"{where}{parent} must be {type(default).__name__} (like {default!r}), got a mapping")
+        raise ConfigError(where + str(_unknown_key(key, flat_schema)))
+
+
+def _finish(tree: dict, profile: str, algo: str, env: str, budget: str, seed: int, where: str = "") -> dict:
+    """The validated tree with the run's identity and B = budget / I added."""
+    cfg = _typed(tree, schema(), "", _flatten(schema()), where)
+    layers = len(cfg["mopo"]["hidden"]) + 1
+    if len(cfg["mopo"]["weight_decay"]) != layers:
+        raise ConfigError(f"{where}mopo.weight_decay has {len(cfg['mopo']['weight_decay'])} entries but mopo.hidden "
+                          f"{cfg['mopo']['hidden']} makes {layers} layers: give one decay per layer")
+    if budget not in cfg["budget_samples"]:
+        raise ConfigError(f"{where}budget_samples has no entry {budget!r}; add budget_samples.{budget}")
+    batch_size = cfg["budget_samples"][budget] // cfg["deployments"]
+    if batch_size < 1:
+        raise ConfigError(f"{where}budget_samples.{budget} is smaller than deployments={cfg['deployments']}")
+    cfg.update(profile=profile, algo=algo, env=env, budget=budget, seed=seed, batch_size=batch_size)
+    return cfg
+
+
+def _check_identity(profile, algo, env, budget, seed) -> None:
     from envs import ENV_NAMES  # the env table is the authority on names
 
+    if not isinstance(profile, str) or not PROFILE_NAME.match(profile):
+        raise ConfigError(f"profile {profile!r} is not a profile name; use the name of a file config/<name>.yaml")
     if algo not in ALGOS:
         raise ConfigError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
     if env not in ENV_NAMES:
@@ -168,29 +289,114 @@ def resolve_run_config(profile: str, algo: str, env: str, budget: str, seed: int
         raise ConfigError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    run = load_profile(profile)["run"]
-    defaults = run["defaults"]
-    schema = _flatten(defaults)
-    env_section = run.get("envs", {}).get(env, {})
-    for key in _flatten(env_section):
-        if key not in schema:
-            raise ConfigError(f"in run.envs.{env} of profile {profile}: " + str(_unknown_key(key, schema)))
-    cfg = deep_merge(defaults, env_section)
+
+
+def resolve_run_config(profile: str, algo: str, env: str, budget: str, seed: int,
+                       overrides=(), workflow_config: dict | None = None) -> dict:
+    """The fully resolved configuration of one run (saved as config.yaml in its directory).
+    `workflow_config`: the merged Snakemake config (the shape of config/paper.yaml); its `run`
+    section is used instead of reading config/<profile>.yaml."""
+    _check_identity(profile, algo, env, budget, seed)
+    if workflow_config is None:
+        source, run = f"profile {profile}", load_profile(profile).get("run")
+    else:
+        if not isinstance(workflow_config, dict):
+            raise ConfigError(f"the workflow config must be a mapping, got {type(workflow_config).__name__}")
+        if workflow_config.get("profile", profile) != profile:
+            raise ConfigError(f"the workflow config is profile {workflow_config['profile']!r}, not {profile!r}")
+        source, run = f"the workflow config (profile {profile})", workflow_config.get("run")
+    if not isinstance(run, dict) or not isinstance(run.get("defaults"), dict):
+        raise ConfigError(f"{source} has no run.defaults mapping; see config/paper.yaml")
+    flat_schema = _flatten(schema())
+    envs = run.get("envs") or {}
+    if not isinstance(envs, dict) or not isinstance(envs.get(env, {}), dict):
+        raise ConfigError(f"run.envs.{env} of {source} must be a mapping of run.defaults keys")
+    _check_keys(run["defaults"], flat_schema, f"in run.defaults of {source}: ")
+    _check_keys(envs.get(env, {}), flat_schema, f"in run.envs.{env} of {source}: ")
+    cfg = deep_merge(run["defaults"], envs.get(env, {}))
     for text in overrides:
         key, value = parse_override(text)
-        if key not in schema:
-            raise _unknown_key(key, schema)
+        if key not in flat_schema:
+            raise _unknown_key(key, flat_schema)
+        if isinstance(value, dict):
+            default = flat_schema[key]
+            raise ConfigError(f"{key} must be {type(default).__name__} (like {default!r}), got the mapping {value!r}")
         _set(cfg, key, value)
-    for key, value in _flatten(cfg).items():
-        value = _check_type(key, value, schema[key])
-        _check_value(key, value)
-        _set(cfg, key, value)
-    layers = len(cfg["mopo"]["hidden"]) + 1
-    if len(cfg["mopo"]["weight_decay"]) != layers:
-        raise ConfigError(f"mopo.weight_decay has {len(cfg['mopo']['weight_decay'])} entries but mopo.hidden "
-                          f"{cfg['mopo']['hidden']} makes {layers} layers: give one decay per layer")
-    batch_size = cfg["budget_samples"][budget] // cfg["deployments"]
-    if batch_size < 1:
-        raise ConfigError(f"budget_samples.{budget} is smaller than deployments={cfg['deployments']}")
-    cfg.update(profile=profile, algo=algo, env=env, budget=budget, seed=seed, batch_size=batch_size)
-    return cfg
+    return _finish(cfg, profile, algo, env, budget, seed)
+
+
+def check_run_config(cfg: dict, where: str = "") -> dict:
+    """A resolved run config read back from a file (`python -m algos.run --run-config FILE`),
+    validated completely again: the same checks as resolve_run_config, and batch_size must be
+    budget / deployments. Returns it with the types resolve_run_config gives."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where}a run config must be a mapping, got {type(cfg).__name__}")
+    absent = [k for k in RUN_KEYS if k not in cfg]
+    if absent:
+        raise ConfigError(f"{where}missing run key(s) {', '.join(absent)}; write the file with "
+                          f"python -m algos.config write-run-config")
+    _check_identity(*(cfg[k] for k in RUN_KEYS[:5]))
+    tree = {k: v for k, v in cfg.items() if k not in RUN_KEYS}
+    resolved = _finish(tree, *(cfg[k] for k in RUN_KEYS[:5]), where=where)
+    if cfg["batch_size"] != resolved["batch_size"]:
+        raise ConfigError(f"{where}batch_size={cfg['batch_size']!r} but budget_samples.{cfg['budget']} / deployments "
+                          f"gives {resolved['batch_size']}; write the file with python -m algos.config write-run-config")
+    return resolved
+
+
+def config_hash(cfg: dict) -> str:
+    """sha256 (hex) of the canonical JSON of a resolved run config; its first 12 characters
+    name the config in directory names (stale-<hash12>/)."""
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_run_config(path) -> dict:
+    """A run config file, validated (check_run_config)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read the run config {path} ({err.strerror}); write it with "
+                          f"python -m algos.config write-run-config") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"run config {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    return check_run_config(data, where=f"in {path}: ")
+
+
+def write_run_config(cfg: dict, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m algos.config")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("write-run-config", help="resolve one run's config and write it as YAML")
+    w.add_argument("--out", required=True, type=Path)
+    w.add_argument("--profile", required=True)
+    w.add_argument("--algo", required=True, choices=ALGOS)
+    w.add_argument("--env", required=True)
+    w.add_argument("--budget", required=True, choices=BUDGETS)
+    w.add_argument("--seed", required=True, type=int)
+    w.add_argument("--workflow-config", type=Path, default=None, help="the merged Snakemake config as YAML")
+    w.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        workflow = None
+        if args.workflow_config is not None:
+            workflow = _read_yaml(args.workflow_config)
+        cfg = resolve_run_config(args.profile, args.algo, args.env, args.budget, args.seed, args.overrides, workflow)
+        write_run_config(cfg, args.out)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.out} (config hash {config_hash(cfg)[:12]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

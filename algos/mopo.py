@@ -29,6 +29,7 @@ from algos.core.ensemble import DynamicsEnsemble, Prediction
 from algos.core.sac import SAC, ReplayBuffer, TanhGaussianActor, mixed_batch
 from algos.core.scalars import Scalars
 from algos.core.seeding import rngs, seed_globals, stream_seed
+from algos.core.training import ModelTrainer, StoppingRule
 
 PENALTIES = ("max_std_norm", "frobenius")
 
@@ -117,7 +118,16 @@ class MOPO:
             self.obs_dim, self.act_dim, members=m["members"], hidden=m["hidden"], probabilistic=True,
             activation="swish", reward_target=True,                 # [M]: 4 x 200 swish, predicts [delta s, r]
             learn_logvar_bounds=True, logvar_max_init=m["logvar_max_init"],
-            logvar_min_init=m["logvar_min_init"]).to(self.device)
+            logvar_min_init=m["logvar_min_init"],
+            standardize_targets=m["target_space"] == "standardized").to(self.device)  # [M code]: raw targets
+
+    def model_stopping(self) -> StoppingRule:
+        """MOPO's bnn.py:309-331: validated every epoch, stop once more than 5 epochs (patience 6)
+        pass without a 1 % improvement of any member, each member's best weights restored
+        (:478); no epoch cap (max_epochs 0)."""
+        m = self.m
+        return StoppingRule(patience=m["patience"], max_epochs=m["max_epochs"] or None,
+                            min_improvement=m["improvement_threshold"], keep="best")
 
     def _new_sac(self, *stream) -> SAC:
         m = self.m
@@ -150,14 +160,14 @@ class MOPO:
             self.sac = self._new_sac("scratch", deployment)
         data = dataset.all()
 
-        with timer("model"):  # l.1: the probabilistic ensemble on D_env, 5 elites by validation MSE
+        with timer("model"):  # l.1: the probabilistic ensemble on D_env, 5 elites by holdout MSE
             _, model_gen = rngs(self.seed, "mopo", "model_fit", deployment, device=self.device)
-            fit = self.model.fit(
-                data["obs"], data["act"], data["next_obs"], data["rew"], lr=m["lr"], batch_size=m["batch_size"],
-                holdout=m["holdout_fraction"], holdout_max=m["holdout_max"], patience=m["patience"],
-                improvement_threshold=m["improvement_threshold"], max_epochs=m["max_epochs"],
-                weight_decay=m["weight_decay"], bound_penalty=m["logvar_bound_penalty"],
-                n_elites=m["elites"], generator=model_gen)
+            # holdout: a random min(20 %, 1000) of D_env, redrawn at every fit (bnn.py:394-397)
+            train, holdout = dataset.split("random", m["holdout_fraction"], model_gen, holdout_max=m["holdout_max"])
+            trainer = ModelTrainer(lr=m["lr"], batch_size=m["batch_size"], weight_decay=m["weight_decay"],
+                                   bound_penalty=m["logvar_bound_penalty"], bootstrap=m["bootstrap"])
+            fit = trainer.fit(self.model, train, holdout, self.model_stopping(), model_gen, scalars=self.scalars,
+                              phase="mopo_model", n_elites=m["elites"])
 
         with timer("policy"):  # l.2-11: SAC on D_env u D_model
             _, gen = rngs(self.seed, "mopo", "policy", deployment, device=self.device)
@@ -167,16 +177,29 @@ class MOPO:
             model_data = ReplayBuffer(self.model_buffer_capacity(), self.obs_dim, self.act_dim, self.device)
             termination = lambda s, a, s2: envs.model_termination(self.env_name, s, a, s2)  # noqa: E731
             penalties, lengths, losses = [], [], {}
+            interval, interval_steps = {}, 0
             for step in range(m["sac_steps"]):
                 if step % m["rollout_every"] == 0:  # l.4-5: b start states drawn from D_env
                     pick = torch.randint(len(starts), (m["rollout_batch"],), generator=gen, device=gen.device)
                     rollout = model_rollout(self.model, self.sac.actor, starts[pick.to(self.device)], m["horizon"],
                                             termination, m["penalty"], m["penalty_lambda"], gen)
                     model_data.add(rollout)
-                    penalties.append(float(rollout["penalty"].mean()))
+                    penalty = rollout["penalty"]
+                    penalties.append(float(penalty.mean()))
                     lengths.append(len(rollout["obs"]) / m["rollout_batch"])
+                    self.scalars.add_many("mopo_rollout", {"penalty_mean": penalties[-1],
+                                                           "penalty_max": float(penalty.max()),
+                                                           "rollout_length": lengths[-1]}, step)
+                    if interval:  # SAC's losses and alpha averaged over the previous interval
+                        self.scalars.add_many("sac", {k: v / interval_steps for k, v in interval.items()}, step)
+                    interval, interval_steps = {}, 0
                 # l.11: real_ratio of the batch from D_env, the rest from D_model
                 losses = self.sac.update(mixed_batch(real, model_data, m["sac_batch_size"], m["real_ratio"], gen))
+                for k, v in losses.items():
+                    interval[k] = interval.get(k, 0.0) + v
+                interval_steps += 1
+            if interval:
+                self.scalars.add_many("sac", {k: v / interval_steps for k, v in interval.items()}, m["sac_steps"])
 
         self.stats = {"model_epochs": fit["epochs"], "model_best_val": fit["best_val"], "elites": fit["elites"],
                       "mean_penalty": float(np.mean(penalties)) if penalties else float("nan"),

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from algos.core.ensemble import DynamicsEnsemble
-from algos.core.model_trpo import (clone_policy, fit_ensemble, make_ensemble, make_policy, prediction_box,
-                                   train_in_model)
+from algos.core.bc import clone_policy
+from algos.core.model_trpo import make_policy, prediction_box, train_in_model
 from algos.core.scalars import Scalars
 from algos.core.seeding import rngs, stream_seed
+from algos.core.training import Patience, fit_ensemble, make_ensemble
 
 
 class MUSBO:
@@ -26,13 +27,19 @@ class MUSBO:
         self.policy = make_policy(cfg, obs_dim, act_dim, device)
         self.labeler_ready = False  # no labeler before B(1) has been seen
         self.scalars = Scalars()  # diagnostics; the run hands in a file-backed one
+        self._explorer = None     # the eq. 22 policy of the current collection (its noise is recorded)
 
     # ------------------------------------------------------------------ labels
-    def _squared_error(self, diff: torch.Tensor) -> torch.Tensor:
-        """||d||^2 over state dims, in raw units (as written) or per-dim standardised units."""
-        if self.m["label_space"] == "normalized":
-            diff = diff / self.labeler.target_norm.std[: self.obs_dim]
-        return diff.square().sum(-1)
+    def _inv_std(self) -> torch.Tensor:
+        """1 / the per-dimension std of the state delta s' - s over D_all as the labeler last fitted
+        it (its target statistics, `labeler.target_norm.std[:obs_dim]`): the unit of std_sum, std_mean."""
+        return 1.0 / self.labeler.target_norm.std[: self.obs_dim]
+
+    def eq9_distance(self, diff: torch.Tensor) -> torch.Tensor:
+        return label_distance(diff, self.m["eq9_distance"], self._inv_std())
+
+    def eq12_distance(self, diff: torch.Tensor) -> torch.Tensor:
+        return label_distance(diff, self.m["eq12_distance"], self._inv_std())
 
     @torch.no_grad()
     def label_batch(self, batch: dict, deployment: int) -> np.ndarray:
@@ -40,19 +47,28 @@ class MUSBO:
         U = 1 - clip(max_k ||s' - mu_k(s, a)||^2, 0, 1)  (label_reading=max_error, the default)
         U = max_k [1 - clip(||s' - mu_k(s, a)||^2, 0, 1)]  (label_reading=max_label, as typeset)"""
         n = len(batch["obs"])
+        self._record_exploration()
         if not self.labeler_ready:
             return np.ones(n, np.float32)
         out = []
         for i in range(0, n, 8192):
             sl = slice(i, i + 8192)
             mu = self.labeler.predict(batch["obs"][sl], batch["act"][sl]).next_obs        # [K, n, d]
-            err = self._squared_error(torch.as_tensor(batch["next_obs"][sl], device=mu.device) - mu)  # [K, n]
+            err = self.eq9_distance(torch.as_tensor(batch["next_obs"][sl], device=mu.device) - mu)  # [K, n]
             clipped = err.clamp(0.0, self.m["label_clip_max"])
             if self.m["label_reading"] == "max_error":
                 out.append(1.0 - clipped.max(0).values)
             else:
                 out.append((1.0 - clipped).max(0).values)
-        return torch.cat(out).cpu().numpy().astype(np.float32)
+        labels = torch.cat(out).cpu().numpy().astype(np.float32)
+        self.scalars.distribution("labels", "eq9", labels, bounds=(0, 1))
+        return labels
+
+    def _record_exploration(self) -> None:
+        """Eq. 22's noise over the collection that produced the arriving batch (deployments >= 2)."""
+        explorer, self._explorer = self._explorer, None
+        if explorer is not None and explorer.actions:
+            self.scalars.add_many("exploration", explorer.summary())
 
     @torch.no_grad()
     def imagined_labels(self, obs: torch.Tensor, act: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -64,7 +80,7 @@ class MUSBO:
         l = (k + torch.randint(1, K, (N,), generator=generator, device=gen_device)) % K   # l != k
         rows = torch.arange(N, device=mu.device)
         diff = mu[k.to(mu.device), rows] - mu[l.to(mu.device), rows]
-        return torch.exp(-self.m["alpha"] * self._squared_error(diff))
+        return torch.exp(-self.m["alpha"] * self.eq12_distance(diff))
 
     # ------------------------------------------------------------------ one deployment
     def train(self, dataset, deployment: int, timer) -> None:
@@ -76,35 +92,46 @@ class MUSBO:
             # Algorithm 1 line 3: retrain P-hat-phi on D_all with the Gaussian NLL (eq. 10).
             if not self.m["warm_start"]:
                 self.labeler = make_ensemble(cfg["labeler"], self.obs_dim, self.act_dim, self.device, True)
-            fit_ensemble(self.labeler, data, cfg["labeler"], gen)
+            fit_ensemble(self.labeler, dataset, cfg["labeler"], gen, self.stopping("labeler"),
+                         scalars=self.scalars, phase="labeler")
             self.labeler_ready = True
         _, gen = rngs(seed, "dynamics", deployment, device=self.device)
         with timer("model"):
             # Eq. 8: M-hat-theta, N deterministic members, L2 loss on D_all.
             if not self.m["warm_start"]:
                 self.dynamics = make_ensemble(cfg["dynamics"], self.obs_dim, self.act_dim, self.device, False)
-            fit_ensemble(self.dynamics, data, cfg["dynamics"], gen, weight_decay=cfg["dynamics"]["weight_decay"])
+            fit_ensemble(self.dynamics, dataset, cfg["dynamics"], gen, self.stopping("dynamics"),
+                         weight_decay=cfg["dynamics"]["weight_decay"], scalars=self.scalars)
         _, gen = rngs(seed, "bc", deployment, device=self.device)
         with timer("bc"):
             # Eq. 11: pi_init = argmin (1/|D|) sum 1/2 U(s, a) ||a - pi(s)||^2 (U kept from arrival).
             if self.m["reinit_policy"]:
                 self.policy = make_policy(cfg, self.obs_dim, self.act_dim, self.device)
-            weights = data["labels"] if weighted else np.ones_like(data["labels"])
-            clone_policy(self.policy, data, weights, cfg, gen)
+            # "same split and early stop" as eq. 8: the last 15 % of each batch, patience 3
+            train, holdout = dataset.split(cfg["bc"]["holdout_split"], cfg["bc"]["holdout"], gen)
+            clone_policy(self.policy, train, cfg, gen, all_obs=data["obs"], weighted=weighted, holdout=holdout,
+                         early_stopping=True, scalars=self.scalars)
         _, gen = rngs(seed, "trpo", deployment, device=self.device)
         with timer("policy"):
             # Eqs. 12-13: TRPO on imagined rollouts, each sample's advantage weighted by eq. 12.
             label_fn = (lambda s, a: self.imagined_labels(s, a, gen)) if weighted else None
             train_in_model(self.policy, self.dynamics, dataset.start_states(cfg["start_states"]),
                            prediction_box(cfg["trpo"]["clip_predictions"], data), cfg, self.m["member_choice"], gen,
-                           label_fn)
+                           label_fn, scalars=self.scalars)
+
+    def stopping(self, section: str):
+        """Appendix F: validated every epoch, stop after `patience` (3) epochs without improvement;
+        the rest as BREMEN's code (each member on its own, `keep` = last weights, <= max_epochs)."""
+        c = self.cfg[section]
+        return Patience(c["patience"], max_epochs=c["max_epochs"], keep=c["keep"])
 
     # ------------------------------------------------------------------ acting
     def collection_policy(self, deployment: int):
         """Deployment 1: uniform random (None). Later: the exploration policy of eq. 22."""
         if deployment == 1:
             return None
-        return ExplorationPolicy(self, stream_seed(self.seed, "explore", deployment))
+        self._explorer = ExplorationPolicy(self, stream_seed(self.seed, "explore", deployment))
+        return self._explorer
 
     def eval_policy(self):
         return self.policy.numpy_policy("deterministic")
@@ -124,41 +151,75 @@ class MUSBO:
 
 
 class ExplorationPolicy:
-    """Eq. 22: a = tanh(mu(s)) + eps_c + eps_u, eps_c ~ N(0, sigma_c^2),
-    eps_u ~ N(0, sigma^2) with sigma = U(a', s) (eq22) or 1 - U(a', s) (one_minus_u),
+    """Eq. 22: a = tanh(mu(s)) + eps_c + eps_u, eps_c ~ N(0, sigma_c^2), eps_u ~ N(0, s_u^2), where
+    q = U(a', s) (exploration_noise=eq22) or 1 - U(a', s) (one_minus_u), and s_u = q
+    (eq22_reading=sigma, eq. 22 as typeset) or sqrt(q) (variance: the text's "variance equal to U");
     a' = tanh(mu(s)) + eps_c and U from eq. 12 (no true s' exists before acting).
     exploration_noise=none drops eps_u and keeps eps_c (the ablation isolates the uncertainty term).
 
     It acts on numpy snapshots of the policy and of the labeler (the collector calls it once
     per env step with one state, where torch's per-call overhead would dominate); `labels`
-    is eq. 12 as MUSBO.imagined_labels computes it, with the pair k != l drawn from numpy."""
+    is eq. 12 as MUSBO.imagined_labels computes it, with the pair k != l drawn from numpy.
+    It accumulates the noise std s_u and the share of actions outside [-1, 1] (the env clips
+    them) for `summary()`, which MUSBO records when the batch arrives."""
 
     def __init__(self, algo: MUSBO, seed: int):
         self.mode, self.act_dim = algo.m["exploration_noise"], algo.act_dim
+        self.reading = algo.m["eq22_reading"]
         self.sigma_c, self.alpha = algo.m["exploration_const_std"], algo.m["alpha"]
         self.mean = algo.policy.numpy_policy("deterministic", clip=False)
         self.labeler_means = algo.labeler.numpy_next_obs_means()
         self.members = algo.labeler.members
-        # label_space=normalized measures eq. 12's distance in per-dim standardised units
-        self.inv_scale = (1.0 / algo.labeler.target_norm.std[: algo.obs_dim].cpu().numpy()
-                          if algo.m["label_space"] == "normalized" else None)
+        self.distance = algo.m["eq12_distance"]
+        self.inv_std = algo._inv_std().cpu().numpy().astype(np.float64)
         self.rng = np.random.default_rng(seed)
+        self.actions = self.clipped = 0          # action entries drawn, of which outside [-1, 1]
+        self.noise_std_sum = 0.0                 # sum of s_u over the states acted on
+        self.states = 0
 
     def labels(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        """Eq. 12: U(s, a) = exp(-alpha ||mu_k(s, a) - mu_l(s, a)||^2), k != l drawn per sample."""
+        """Eq. 12: U(s, a) = exp(-alpha d(mu_k(s, a), mu_l(s, a))), k != l drawn per sample."""
         mu = self.labeler_means(obs, act)                                      # [K, n, d]
         n = mu.shape[1]
         k = self.rng.integers(self.members, size=n)
         l = (k + self.rng.integers(1, self.members, size=n)) % self.members  # l != k
         diff = mu[k, np.arange(n)] - mu[l, np.arange(n)]
-        if self.inv_scale is not None:
-            diff = diff * self.inv_scale
-        return np.exp(-self.alpha * np.square(diff).sum(-1))
+        return np.exp(-self.alpha * label_distance(diff, self.distance, self.inv_std))
+
+    def noise_std(self, u: np.ndarray) -> np.ndarray:
+        """s_u of eq. 22 for labels u."""
+        q = u if self.mode == "eq22" else 1.0 - u
+        return q if self.reading == "sigma" else np.sqrt(q)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         a_prime = self.mean(obs) + self.rng.normal(0.0, self.sigma_c, size=(len(obs), self.act_dim))
         if self.mode == "none":
-            return a_prime.astype(np.float32)
-        u = self.labels(obs, np.clip(a_prime, -1, 1))
-        sigma = u if self.mode == "eq22" else 1.0 - u
-        return (a_prime + self.rng.normal(size=a_prime.shape) * sigma[:, None]).astype(np.float32)
+            action = a_prime
+        else:
+            std = self.noise_std(self.labels(obs, np.clip(a_prime, -1, 1)))
+            action = a_prime + self.rng.normal(size=a_prime.shape) * std[:, None]
+            self.noise_std_sum += float(std.sum())
+        self.states += len(obs)
+        self.actions += action.size
+        self.clipped += int(np.count_nonzero(np.abs(action) > 1.0))
+        return action.astype(np.float32)
+
+    def summary(self) -> dict:
+        """eq22_noise_std_mean: the mean s_u (0 under exploration_noise=none); eq22_clipped_share:
+        the share of action entries outside [-1, 1]."""
+        return {"eq22_noise_std_mean": self.noise_std_sum / max(self.states, 1),
+                "eq22_clipped_share": self.clipped / max(self.actions, 1)}
+
+
+def label_distance(diff, reading: str, inv_std=None):
+    """The distance of eqs. 9 and 12 between a prediction and a target (diff [..., d], numpy or torch):
+    raw      sum_j diff_j^2                    (as written: raw state units, summed over dims)
+    std_sum  sum_j (diff_j / std_j)^2          (per-dimension standardised, summed)
+    std_mean (1/d) sum_j (diff_j / std_j)^2    (standardised, averaged over dims)
+    std_j: the labeler's target std (MUSBO._inv_std gives 1 / std_j)."""
+    if reading == "raw":
+        return (diff * diff).sum(-1)
+    if reading not in ("std_sum", "std_mean"):
+        raise ValueError(f"distance reading {reading!r} is not valid; choose raw, std_sum or std_mean")
+    z = diff * inv_std
+    return (z * z).sum(-1) if reading == "std_sum" else (z * z).mean(-1)

@@ -1,44 +1,42 @@
 """One run = one command:
 
     python -m algos.run --algo musbo --env hopper --budget 500k --seed 0 --profile mini --out DIR
+    python -m algos.run --run-config FILE --out DIR [--replace-stale]     (what the workflow calls)
 
 The deployment loop of the deployment-constrained setting (MUSBO Algorithm 1, and the same loop
 for BREMEN and MOPO): collect B(i) with the deployed policy, train offline on B(1..i), evaluate.
 After every finished deployment a checkpoint is written; rerunning the same command resumes
 after the last finished deployment and ends with the same results (every random stream is
 derived from the seed and the deployment, see algos/core/seeding.py). `metrics.csv` is written
-last, so it exists only for a complete run.
+last, so it exists only for a complete run. What the run directory promises (identity, lock,
+atomic files, checksums, provenance) lives in algos/rundir.py.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import hashlib
 import importlib
-import io
 import json
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from algos.config import ALGOS, BUDGETS, PROFILES, ConfigError, resolve_run_config
+from algos.config import ALGOS, BUDGETS, ConfigError, read_run_config, resolve_run_config
 from algos.core.dataset import DeploymentDataset
 from algos.core.device import pick_device
 from algos.core.model_eval import energy_distance, trajectory_mse
 from algos.core.model_trpo import prediction_box
 from algos.core.novelty import cosine_novelty_per_deployment
+from algos.core.scalars import Scalars, truncate_scalars
 from algos.core.seeding import seed_globals, stream_seed
+from algos.rundir import (RunDir, RunError, atomic_write_bytes, atomic_write_csv, check_out_arg, check_same_host,
+                          host_record, latest_checkpoint, log, now, save_batch, save_checkpoint, write_error)
 from envs import ENV_NAMES, ENV_SPECS
 from envs.collector import collect, run_episodes
 
@@ -46,59 +44,17 @@ ALGO_CLASSES = {"musbo": "algos.musbo:MUSBO", "bremen": "algos.bremen:BREMEN", "
 PHASES = ("collect", "model", "labeler", "bc", "policy", "eval")
 METRIC_COLUMNS = ["deployment", "samples_total", "eval_return_mean", "eval_return_std", "eval_episodes"] + [
     f"{phase}_s" for phase in PHASES]
-BATCH_KEYS = ("obs", "act", "rew", "next_obs", "terminated", "truncated", "episode_start")
-PACKAGES = ("torch", "numpy", "gymnasium", "mujoco", "dm-control", "scipy", "pandas", "snakemake")
-
-
-class RunError(RuntimeError):
-    """A run that cannot go on; the message names the phase, deployment and seed."""
-
-
-# ---------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def save_batch(path: Path, batch: dict) -> str:
-    """Writes the npz atomically and returns its sha256 (kept in the checkpoint)."""
-    buf = io.BytesIO()
-    np.savez(buf, **{k: batch[k] for k in BATCH_KEYS})
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def load_batch(path: Path, sha256: str) -> dict | None:
-    """The batch, or None if it is missing or does not match its checksum."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    if hashlib.sha256(data).hexdigest() != sha256:
-        return None
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in BATCH_KEYS}
+TRACKERS = ("tensorboard",)
 
 
 # ---------------------------------------------------------------- progress
 class PhaseTimer:
-    """`with timer("model"):` adds the seconds to that phase and prints a progress line."""
+    """`with timer("model"):` adds the seconds to that phase and prints a progress line. A
+    non-finite value raised inside a phase becomes a RunError naming the phase, deployment, seed
+    and the checkpoint the run's state came from."""
 
-    def __init__(self, tag: str, start: float):
-        self.tag, self.start, self.seconds, self.deployment = tag, start, {}, 0
+    def __init__(self, tag: str, start: float, source: str = "no checkpoint (started at deployment 1)"):
+        self.tag, self.start, self.source, self.seconds, self.deployment = tag, start, source, {}, 0
 
     def reset(self, deployment: int) -> None:
         self.deployment, self.seconds = deployment, {p: 0.0 for p in PHASES}
@@ -112,7 +68,8 @@ class PhaseTimer:
         try:
             yield
         except FloatingPointError as err:
-            raise RunError(f"{self.tag}: non-finite value in phase={phase} deployment={self.deployment}: {err}") from err
+            raise RunError(f"{self.tag}: non-finite value in phase={phase} deployment={self.deployment}, "
+                           f"state from {self.source}: {err}") from err
         dt = time.perf_counter() - t0
         self.seconds[phase] += dt
         log(f"{self.tag} deployment {self.deployment}: {phase} {dt:.1f}s (elapsed {time.time() - self.start:.0f}s)")
@@ -124,28 +81,29 @@ def maybe_kill_for_test(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- provenance
-def git_commit() -> str:
+# ---------------------------------------------------------------- before any file: can this run run here?
+def check_device(cfg: dict) -> torch.device:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return pick_device(cfg["device"])
+    except (ValueError, RuntimeError) as err:
+        raise RunError(str(err).splitlines()[0]) from None
 
 
-def package_versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+def array_bytes(cfg: dict) -> int:
+    """The run's arrays at the end of the budget: B(1..I) as float32 obs, next_obs, act, rew, label
+    and three flags per transition, held twice (the dataset and its concatenation D_all)."""
+    spec = ENV_SPECS[cfg["env"]]
+    per_transition = 4 * (2 * spec.obs_dim + spec.act_dim + 2) + 3
+    return 2 * cfg["budget_samples"][cfg["budget"]] * per_transition
+
+
+def check_memory(cfg: dict) -> None:
+    need = array_bytes(cfg)
+    have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > have:
+        raise RunError(f"budget_samples.{cfg['budget']}={cfg['budget_samples'][cfg['budget']]} needs about "
+                       f"{need / 2**30:,.1f} GiB for its arrays alone but this machine has {have / 2**30:,.1f} GiB; "
+                       f"lower budget_samples.{cfg['budget']}")
 
 
 # ---------------------------------------------------------------- the run
@@ -182,39 +140,40 @@ def evaluate(cfg: dict, algo, deployment: int, box: tuple | None) -> tuple[list[
     return episodes, model_row
 
 
-def latest_checkpoint(out: Path, cfg: dict):
-    """The newest checkpoint that loads and whose batches all match their checksums."""
-    ckpt_dir = out / "checkpoints"
-    if not ckpt_dir.is_dir():
-        return None, []
-    for path in sorted(ckpt_dir.glob("deployment_*.pt"), key=lambda p: -int(p.stem.split("_")[1])):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a truncated or corrupted file: fall back to the one before
-            log(f"checkpoint {path} is unreadable ({type(err).__name__}); falling back")
-            continue
-        if state.get("config") != json.dumps(cfg, sort_keys=True):
-            raise RunError(f"{out} holds a run with a different configuration; use another --out "
-                           f"or delete {out} to start over")
-        batches = [load_batch(out / "batches" / f"deployment_{i + 1}.npz", sha)
-                   for i, sha in enumerate(state["batch_sha256"])]
-        if any(b is None for b in batches):
-            log(f"a batch of {path.name} is missing or corrupted; redoing from an earlier deployment")
-            continue
-        return state, batches
-    return None, []
+def open_scalars(out, done: int, track: str | None) -> Scalars:
+    """The algorithm's diagnostics, file-backed: rows of deployments the run redoes are dropped."""
+    path = out / "scalars.csv"
+    if done == 0:
+        path.unlink(missing_ok=True)
+    else:
+        truncate_scalars(path, done)
+    tensorboard_dir = out / "tensorboard" if track == "tensorboard" else None
+    try:
+        return Scalars(path, tensorboard_dir=tensorboard_dir)
+    except RuntimeError as err:  # the tensorboard extra is missing
+        raise RunError(str(err)) from None
 
 
-def run(cfg: dict, out: Path) -> None:
+def run(cfg: dict, out, *, replace_stale: bool = False, allow_different_host: bool = False,
+        track: str | None = None) -> None:
     tag = f"[{cfg['algo']} {cfg['env']} {cfg['budget']} seed{cfg['seed']}]"
     start = time.time()
     if cfg["torch_threads"]:
         torch.set_num_threads(cfg["torch_threads"])
-    device = pick_device(cfg["device"])
+    device = check_device(cfg)
+    check_memory(cfg)
     if device.type == "cuda":  # CPU kernels are deterministic already; see docs/determinism.md
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    (out / "batches").mkdir(parents=True, exist_ok=True)
+    rundir = RunDir(out, cfg, replace_stale=replace_stale)  # refuses any other run before writing
+    try:
+        _deployments(cfg, rundir.out, tag, start, device, allow_different_host, track)
+    finally:
+        rundir.close()
+
+
+def _deployments(cfg, out, tag, start, device, allow_different_host, track) -> None:
+    (out / "batches").mkdir(exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     atomic_write_bytes(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
 
@@ -222,24 +181,34 @@ def run(cfg: dict, out: Path) -> None:
     algo = make_algorithm(cfg, device)
     spec = ENV_SPECS[cfg["env"]]
     dataset = DeploymentDataset(spec.obs_dim, spec.act_dim)
-    state, batches = latest_checkpoint(out, cfg)
+    path, state, batches = latest_checkpoint(out, cfg)
     done = 0
-    rows = {"metrics": [], "eval": [], "model": []}
+    rows = {"metrics": [], "eval": [], "model": [], "provenance": []}
     shas: list[str] = []
+    source = "no checkpoint (started at deployment 1)"
+    host = host_record(device)
+    different_host = False
     if state is not None:
         algo.load_state_dict(state["algo"])
         for batch, labels in zip(batches, state["labels"]):
             dataset.add(batch, labels.numpy())
         done, rows, shas = state["deployment"], json.loads(state["rows"]), list(state["batch_sha256"])
-        log(f"{tag} resuming after deployment {done} from {out / 'checkpoints'}")
+        rows.setdefault("provenance", [])
+        previous = rows["provenance"][-1] if rows["provenance"] else None
+        different_host = check_same_host(previous, host, allow_different_host)
+        source = f"checkpoint {path}"
+        log(f"{tag} resuming after deployment {done} from {path}")
+    algo.scalars = open_scalars(out, done, track)
 
     if done == 0:  # deployment 0: the uniform random policy that collects B(1), same protocol
         random_episodes = run_episodes(cfg["env"], None, cfg["eval_episodes"], seed=stream_seed(cfg["seed"], "eval", 0),
                                        max_episode_steps=cfg["max_episode_steps"])
         rows["eval"] += [{"deployment": 0, "episode": k, "return": ep["ret"]} for k, ep in enumerate(random_episodes)]
-    timer = PhaseTimer(tag, start)
+    timer = PhaseTimer(tag, start, source)
     for deployment in range(done + 1, cfg["deployments"] + 1):
         timer.reset(deployment)
+        algo.scalars.set_deployment(deployment)
+        started = now()
         seed_globals(cfg["seed"], "deployment", deployment)
         with timer("collect"):
             batch = collect(cfg["env"], cfg["batch_size"], algo.collection_policy(deployment),
@@ -260,23 +229,21 @@ def run(cfg: dict, out: Path) -> None:
                                 **{f"{p}_s": round(timer.seconds[p], 3) for p in PHASES}})
         rows["eval"] += [{"deployment": deployment, "episode": k, "return": float(r)} for k, r in enumerate(returns)]
         rows["model"].append(model_row)
+        algo.scalars.add_many("eval", {"return_mean": returns.mean(), "return_std": returns.std(), **{
+            k: model_row[k] for k in ("energy_distance", "trajectory_mse")}})
+        rows["provenance"].append({"deployment": deployment, **host, "resumed_on_different_host": different_host,
+                                   "start_time": started, "end_time": now()})
         log(f"{tag} deployment {deployment}/{cfg['deployments']}: eval return {returns.mean():.1f} "
             f"± {returns.std():.1f}, model energy distance {model_row['energy_distance']:.3f}")
-        checkpoint = {"deployment": deployment, "algo": algo.state_dict(), "rows": json.dumps(rows),
-                      "batch_sha256": shas, "labels": [torch.as_tensor(l) for l in dataset.labels],
-                      "config": json.dumps(cfg, sort_keys=True)}
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        atomic_write_bytes(out / "checkpoints" / f"deployment_{deployment}.pt", buf.getvalue())
-        for old in (out / "checkpoints").glob("deployment_*.pt"):  # keep the two newest
-            if int(old.stem.split("_")[1]) < deployment - 1:
-                old.unlink()
+        save_checkpoint(out, deployment, {"deployment": deployment, "algo": algo.state_dict(), "rows": json.dumps(rows),
+                                          "batch_sha256": shas, "labels": [torch.as_tensor(l) for l in dataset.labels],
+                                          "config": json.dumps(cfg, sort_keys=True)})
+    algo.scalars.close()
 
-    provenance = {"git_commit": git_commit(), "packages": package_versions(), "device": str(device),
-                  "seed": cfg["seed"], "algo": cfg["algo"], "env": cfg["env"], "budget": cfg["budget"],
-                  "profile": cfg["profile"], "host": platform.node(), "command": sys.argv,
-                  "start_time": datetime.fromtimestamp(start, timezone.utc).isoformat(),
-                  "end_time": datetime.now(timezone.utc).isoformat()}
+    provenance = {"seed": cfg["seed"], "algo": cfg["algo"], "env": cfg["env"], "budget": cfg["budget"],
+                  "profile": cfg["profile"], **host, "command": sys.argv,
+                  "start_time": datetime.fromtimestamp(start, timezone.utc).isoformat(), "end_time": now(),
+                  "deployments": rows["provenance"]}
     atomic_write_bytes(out / "provenance.json", json.dumps(provenance, indent=2).encode())
     atomic_write_csv(out / "eval_returns.csv", ["deployment", "episode", "return"], rows["eval"])
     atomic_write_csv(out / "model_eval.csv", ["deployment", "energy_distance", "trajectory_mse"], rows["model"])
@@ -289,37 +256,61 @@ def run(cfg: dict, out: Path) -> None:
     log(f"{tag} finished in {time.time() - start:.0f}s -> {out}")
 
 
+class _Extend(argparse.Action):
+    """--set a=1 b=2 --set c=3: every value after every --set."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        getattr(namespace, self.dest).extend(values)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m algos.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--algo", required=True, choices=ALGOS)
-    parser.add_argument("--env", required=True, choices=ENV_NAMES)
-    parser.add_argument("--budget", required=True, choices=BUDGETS)
-    parser.add_argument("--seed", required=True, type=int)
-    parser.add_argument("--profile", required=True, choices=PROFILES)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any key of run.defaults, e.g. --set trpo.delta=0.1 (repeatable)")
-    return parser.parse_args(argv)
-
-
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise RunError(f"output directory {out} is not writable ({err.strerror}); choose another --out") from err
+    parser.add_argument("--run-config", default=None, metavar="FILE",
+                        help="a resolved run config (python -m algos.config write-run-config); replaces "
+                             "--algo/--env/--budget/--seed/--profile/--set")
+    parser.add_argument("--algo", choices=ALGOS)
+    parser.add_argument("--env", choices=ENV_NAMES)
+    parser.add_argument("--budget", choices=BUDGETS)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--profile", help="paper, mini, smoke, or the name of any config/<name>.yaml")
+    parser.add_argument("--out", required=True, help="the run directory")
+    parser.add_argument("--set", dest="overrides", nargs="+", action=_Extend, default=[], metavar="KEY=VALUE",
+                        help="override keys of run.defaults, e.g. --set trpo.delta=0.1 dynamics.lr=3e-4 (repeatable)")
+    parser.add_argument("--replace-stale", action="store_true",
+                        help="(the workflow's reruns) move a run of another config in --out into "
+                             "--out/stale-<hash>/ and start over")
+    parser.add_argument("--allow-different-host", action="store_true",
+                        help="resume although the device or effective thread count differs (recorded)")
+    parser.add_argument("--track", choices=TRACKERS, default=None,
+                        help="mirror scalars.csv to TensorBoard in --out/tensorboard (needs the track extra)")
+    args = parser.parse_args(argv)
+    manual = ("algo", "env", "budget", "seed", "profile")
+    if args.run_config is not None:
+        given = [f"--{k}" for k in manual if getattr(args, k) is not None] + (["--set"] if args.overrides else [])
+        if given:
+            parser.error(f"--run-config replaces {', '.join(given)}: put them into the run config instead")
+    else:
+        absent = [f"--{k}" for k in manual if getattr(args, k) is None]
+        if absent:
+            parser.error(f"the following arguments are required: {', '.join(absent)} (or --run-config FILE)")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        cfg = resolve_run_config(args.profile, args.algo, args.env, args.budget, args.seed, args.overrides)
-        check_writable(args.out)
-        run(cfg, args.out)
+        out = check_out_arg(args.out)
+        if args.run_config is not None:
+            cfg = read_run_config(args.run_config)
+        else:
+            cfg = resolve_run_config(args.profile, args.algo, args.env, args.budget, args.seed, args.overrides)
+        run(cfg, out, replace_stale=args.replace_stale, allow_different_host=args.allow_different_host,
+            track=args.track)
     except (ConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk while appending scalars.csv, ...
+        print(f"error: {write_error(err.filename or args.out, err)}", file=sys.stderr)
         return 2
     return 0
 

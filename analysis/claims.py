@@ -7,6 +7,7 @@ plus "not tested" when the runs are missing and "not testable" when the profile'
 cannot show it (e.g. deployment 8 of a 5-deployment profile)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,6 +259,39 @@ def collect_claims(study: Study) -> list[Claim]:
                             verdict([compare(m, b)] if ok else [], "below", len(study.ablation_seeds)),
                             f"MUSBO's CI below BREMEN's at the last deployment ({n_dep})"))
 
+    # -- section 3, Theorem 1: monotone improvement --
+    mono = summaries.ci_over_seeds(summaries.monotone_share(study), ["name", "env", "budget"], "share")
+    m_rows = mono[mono.name == "musbo"]
+    outcomes = [None if not np.isfinite(r.high) else "below" if r.high < 1.0 else "overlap"
+                for r in m_rows.itertuples()]
+    all_monotone = len(m_rows) and bool((m_rows["mean"] == 1.0).all())
+    claims.append(Claim(
+        "C16", "§3, Theorem 1", "MUSBO improves monotonically: the return does not drop from one deployment "
+        "to the next.", "a guarantee (under the theorem's assumptions), no number",
+        "MUSBO, share of steps i → i+1 without a drop of the eval return, per env and budget:<br>"
+        + "<br>".join(f"{env_label(r.env)} {r.budget}: {fmt_interval(Interval(r.mean, r.low, r.high), 2)}"
+                      for r in m_rows.itertuples()) + "<br>(all algorithms: the monotone-improvement section below)",
+        (HOLDS if all_monotone else FAILS if any(o == "below" for o in outcomes)
+         else verdict(outcomes, "above", n_seeds) if outcomes else "not tested: runs missing"),
+        "holds if every MUSBO run never drops; does not hold if on some env and budget the CI of the share "
+        "lies below 1 (a drop in most runs); otherwise inconclusive. Any drop counts (eval noise included)"))
+
+    # -- appendix F: time per run --
+    projected = _projected_hours()
+    measured = summaries.measured_run_hours(study)
+    shown = []
+    for env, paper_h in summaries.PAPER_T4_HOURS.items():
+        meas = measured[(measured.name == "musbo") & (measured.env == env) & (measured.budget == "500k")]
+        shown.append(f"{env_label(env)}: paper {paper_h:g} h (T4) · projected "
+                     + (f"{projected[env]:.1f} h" if env in projected else "-")
+                     + " · measured " + (f"{meas.hours.iloc[0] * 60:.1f} min ({int(meas.runs.iloc[0])} runs, profile "
+                                         f"{study.profile})" if len(meas) else "-"))
+    claims.append(Claim(
+        "C17", "Appendix F", "One 500k run takes 7-26 h on a T4 GPU (Walker2d 18, Hopper 26, HalfCheetah 7, Ant 12, "
+        "Cheetah-Run 8; 250k about 25 min less).", "7-26 h per run (T4)", "MUSBO, 500k:<br>" + "<br>".join(shown),
+        f"not testable: no T4 here; projected = {PROJECTION_SOURCE}; measured = the summed phase times "
+        f"(metrics.csv *_s) of this profile's runs, at its sizes", "-"))
+
     # -- abstract / section 6: overall --
     for budget in cfg["budgets"]:
         outcomes, shown = [], []
@@ -273,6 +307,105 @@ def collect_claims(study: Study) -> list[Claim]:
                             + "<br>".join(shown), verdict(outcomes, "above", n_seeds),
                             "for each baseline, the CI of P(MUSBO > baseline) above 0.5 (stratified bootstrap)"))
     return claims
+
+
+BENCH_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results.json"
+
+
+def _bench_device() -> str:
+    try:
+        r = json.loads(BENCH_RESULTS.read_text())
+        return f"{r.get('device', '?')} on {r.get('host', '?')} ({r.get('cpu_count', '?')} CPUs)"
+    except (OSError, json.JSONDecodeError):
+        return "?"
+
+
+PROJECTION_SOURCE = ("bench/results.json `paper_run_hours_projected`: one paper-profile MUSBO run from the rates "
+                     "the bench measured, on its device")
+
+
+def _projected_hours() -> dict:
+    try:
+        return json.loads(BENCH_RESULTS.read_text()).get("paper_run_hours_projected") or {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def monotone_section(study: Study) -> list[str]:
+    """Theorem 1 for every algorithm: the share of non-dropping steps per env and budget."""
+    mono = summaries.ci_over_seeds(summaries.monotone_share(study), ["name", "env", "budget"], "share")
+    lines = ["", "## Monotone improvement (Theorem 1), every algorithm", "",
+             "Share of steps i → i+1 at which the eval return does not drop, mean over seeds [95 % bootstrap CI]; "
+             "1 = monotone in every run. Main grid, complete runs only.", ""]
+    if mono.empty:
+        return lines + ["No complete run.", ""]
+    df = mono.pivot_table(index=["env", "budget"], columns="name", values="mean", aggfunc="first")
+    table = pd.DataFrame({"Env": [env_label(e) for e, _ in df.index], "Budget": [b for _, b in df.index]})
+    for algo in study.algos:
+        table[label(algo)] = [fmt_interval(Interval(*mono[(mono.name == algo) & (mono.env == e) & (mono.budget == b)]
+                                                    .iloc[0][["mean", "low", "high"]]), 2)
+                              if len(mono[(mono.name == algo) & (mono.env == e) & (mono.budget == b)]) else "-"
+                              for e, b in df.index]
+    return lines + [markdown_table(table), ""]
+
+
+def time_section(study: Study) -> list[str]:
+    """Appendix F beside the projection (bench/results.json) and the measured phase times."""
+    projected, measured = _projected_hours(), summaries.measured_run_hours(study)
+    rows = []
+    for env, paper_h in summaries.PAPER_T4_HOURS.items():
+        row = {"Env": env_label(env), "Paper, 500k (T4)": f"{paper_h:g} h",
+               "Projected, paper profile, MUSBO 500k": f"{projected[env]:.1f} h" if env in projected else "-"}
+        for algo in study.algos:
+            for budget in study.cfg["budgets"]:
+                m = measured[(measured.name == algo) & (measured.env == env) & (measured.budget == budget)]
+                row[f"Measured {label(algo)} {budget}"] = (f"{m.hours.iloc[0] * 60:.1f} min" if len(m) else "-")
+        rows.append(row)
+    return ["", "## Time per run (appendix F)", "",
+            f"Projected: {PROJECTION_SOURCE} ({_bench_device()}). Measured: mean over this profile's complete "
+            f"runs of the summed phase times in metrics.csv (*_s), profile `{study.profile}` sizes"
+            + ("" if study.profile == "paper" else " (NOT the paper's sizes)") + ".", "",
+            markdown_table(pd.DataFrame(rows)), ""]
+
+
+def readings_section(study: Study) -> list[str]:
+    """The verdicts under each reading of eqs. 9, 12 and 22: on the ablation env and budget,
+    MUSBO under the reading against default MUSBO and against each baseline (final return)."""
+    from analysis.figures import reading_finals
+    cfg = study.cfg
+    names = list(cfg.get("readings", []))
+    lines = ["", "## Verdicts under each reading of eqs. 9, 12 and 22", ""]
+    if not names:
+        return lines + ["This profile runs no readings (config `readings` is empty).", ""]
+    env, budget = cfg["ablation_env"], cfg["ablation_budget"]
+    ev_returns = summaries.ci_over_seeds(
+        study.metrics[(study.metrics.kind == "runs") & (study.metrics.deployment == study.deployments(env))
+                      & (study.metrics.env == env) & (study.metrics.budget == budget)
+                      & study.metrics.seed.isin(study.ablation_seeds)], ["name"], "eval_return_mean")
+    finals = reading_finals(study)
+
+    def get(df, name):
+        r = df[df.name == name]
+        return NO_ESTIMATE if r.empty else Interval(*r.iloc[0][["mean", "low", "high"]])
+
+    default = get(finals, "musbo")
+    rows = [{"Reading": "defaults", "Switches": "-", "Final return": fmt_interval(default, 0), "vs defaults": "-",
+             **{f"MUSBO > {label(b)}": verdict([compare(default, get(ev_returns, b))], "above",
+                                                len(study.ablation_seeds)) for b in _baselines(study)}}]
+    for name in names:
+        mine = get(finals, name)
+        switches = ", ".join(cfg.get("reading_switches", {}).get(name, [])) or "-"
+        o = compare(mine, default)
+        rows.append({"Reading": label(name), "Switches": f"`{switches}`", "Final return": fmt_interval(mine, 0),
+                     "vs defaults": {"above": "higher", "below": "lower", "overlap": "overlapping CIs",
+                                     None: "no CI"}[o] if np.isfinite(mine.point) else "no runs",
+                     **{f"MUSBO > {label(b)}": (verdict([compare(mine, get(ev_returns, b))], "above",
+                                                        len(study.ablation_seeds))
+                                                if np.isfinite(mine.point) else "not tested: runs missing")
+                        for b in _baselines(study)}})
+    return lines + [f"{env_label(env)}, {budget}, seeds {', '.join(map(str, study.ablation_seeds))}: final "
+                    "eval return [95 % CI]; the baselines' columns apply the claims' rule (CIs must not "
+                    "overlap) to the final return on this env.", "", markdown_table(pd.DataFrame(rows)), ""]
 
 
 def claims(study: Study, out: Path) -> list[Path]:
@@ -300,5 +433,7 @@ def claims(study: Study, out: Path) -> list[Path]:
     kinds = [next(k for k in VERDICT_KINDS if c.verdict.startswith(k)) for c in rows]
     summary = ["", "Summary: " + ", ".join(f"{kinds.count(k)} {k}" for k in VERDICT_KINDS if k in kinds), ""]
     csv = pd.DataFrame([c.__dict__ for c in rows]).assign(ours=lambda d: d.ours.str.replace("<br>", "; "))
-    return [write_text(Path(out) / "claims.md", "\n".join(header) + "\n" + markdown_table(df) + "\n".join(summary)),
+    sections = monotone_section(study) + time_section(study) + readings_section(study)
+    return [write_text(Path(out) / "claims.md", "\n".join(header) + "\n" + markdown_table(df) + "\n".join(summary)
+                       + "\n".join(sections)),
             write_csv(Path(out) / "claims.csv", csv)]

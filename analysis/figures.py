@@ -15,7 +15,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from analysis import summaries  # noqa: E402
-from analysis.output import save_figure, write_csv  # noqa: E402
+from analysis.metrics import Interval  # noqa: E402
+from analysis.output import fmt_interval, save_figure, write_csv  # noqa: E402
 from analysis.results import MODEL_EVAL_ALGOS, SECTION5_BUDGET, RunKey, Study  # noqa: E402
 
 # The paper's return figures: (I x B, envs in the paper's column order).
@@ -66,15 +67,17 @@ def _short(k: RunKey) -> str:
     return f"{label(k.name)} {env_label(k.env)} {k.budget} seed {k.seed}"
 
 
-def _missing_footnote(fig, missing: list[RunKey], total: int) -> None:
-    """A red note under everything else (savefig's tight bbox grows to include it)."""
+def _missing_footnote(fig, missing: list[RunKey], total: int, study: Study | None = None) -> None:
+    """A red note under everything else (savefig's tight bbox grows to include it); with the
+    study, it says how many of the missing runs were excluded by the input checks."""
     if not missing:
         return
     fig.canvas.draw()  # run the layout, so that the lowest artist's position is known
     bottom = min([0.0] + [a.get_window_extent().y0 / fig.bbox.height for a in fig.legends])
     listed = ", ".join(_short(k) for k in missing[:MAX_LISTED_MISSING])
     more = f", and {len(missing) - MAX_LISTED_MISSING} more" if len(missing) > MAX_LISTED_MISSING else ""
-    fig.text(0.5, bottom - 0.01, f"Missing: {len(missing)} of {total} runs (see missing_runs.md): {listed}{more}",
+    excluded = f" ({study.exclusion_note(missing)})" if study is not None and study.exclusion_note(missing) else ""
+    fig.text(0.5, bottom - 0.01, f"Missing: {len(missing)} of {total} runs{excluded} (see missing_runs.md): {listed}{more}",
              ha="center", va="top", fontsize=8, color="#A00000", wrap=True)
 
 
@@ -164,7 +167,7 @@ def return_curves(study: Study, out: Path, name: str) -> list[Path]:
         _legend(fig, algos, styles, present)
         fig.suptitle(f"Fig. {name[3:]}: I × B = {budget} · {', '.join(map(env_label, envs))}\n"
                      f"{profile_note(study, seeds)}", fontsize=10.5)
-        _missing_footnote(fig, all_missing, total)
+        _missing_footnote(fig, all_missing, total, study)
         paths = save_figure(fig, Path(out), name)
     return paths + [write_csv(Path(out) / "data" / f"{name}.csv", pd.concat(data, ignore_index=True))]
 
@@ -200,7 +203,7 @@ def fig6(study: Study, out: Path) -> list[Path]:
         _legend(fig, names, styles, set(data.name))
         fig.suptitle(f"Fig. 6: accuracy of imagined rollouts on {env_label(env)}, I × B = {SECTION5_BUDGET}\n"
                      f"{profile_note(study, seeds)}", fontsize=10.5)
-        _missing_footnote(fig, missing, len(keys))
+        _missing_footnote(fig, missing, len(keys), study)
         paths = save_figure(fig, Path(out), "fig6")
     return paths + [write_csv(Path(out) / "data" / "fig6.csv", data)]
 
@@ -251,7 +254,7 @@ def aggregate(study: Study, out: Path) -> list[Path]:
                      f"{profile_note(study, study.seeds).splitlines()[0]} per env\n"
                      "point: estimate · bar: 95 % stratified bootstrap CI (runs resampled within each env)",
                      fontsize=10.5)
-        _missing_footnote(fig, missing, len(keys))
+        _missing_footnote(fig, missing, len(keys), study)
         paths = save_figure(fig, Path(out), "aggregate")
     return paths + [write_csv(Path(out) / "aggregate.csv", agg),
                     write_csv(Path(out) / "data" / "normalised_final_returns.csv",
@@ -302,6 +305,148 @@ def ablation(study: Study, out: Path) -> list[Path]:
         axes[0, 0].set_ylabel("Eval return (real env)")
         fig.suptitle(f"Ablations of MUSBO on {env_label(env)}, I × B = {budget}\n"
                      f"{profile_note(study, seeds)}", fontsize=10.5)
-        _missing_footnote(fig, missing, len(keys))
+        _missing_footnote(fig, missing, len(keys), study)
         paths = save_figure(fig, Path(out), "ablation")
     return paths + [write_csv(Path(out) / "data" / "ablation.csv", pd.concat(data, ignore_index=True))]
+
+
+# ---- beyond the paper: MUSBO's own diagnostics (scalars.csv) ----
+
+DIAGNOSTIC_PANELS = (  # (quantities: solid, then dashed; y label)
+    (("eq9_mean", "eq9_share_at_0"), "Eq. 9 label"),
+    (("eq12_mean",), "Eq. 12 label"),
+    (("real_return", "imagined_return"), "Return"),
+    (("live_imagined_samples",), "Live imagined\nsamples"),
+)
+DIAGNOSTIC_KEY = ("row 1: eq. 9 labels of each new batch, mean (solid) and share within 0.01 of 0 (dashed) · "
+                  "row 2: eq. 12 labels, mean over TRPO iterations\nrow 3: real eval return (solid) vs imagined "
+                  "return of the last TRPO iteration (dashed; over TRPO's rollout length, not a whole episode) · "
+                  "row 4: live imagined samples per TRPO iteration, mean")
+
+
+def diagnostics(study: Study, out: Path) -> list[Path]:
+    """Per env (columns) and algorithm (colours), per deployment, from each run's scalars.csv:
+    eq. 9 labels (mean, share at 0), eq. 12 labels, imagined vs real return (the model-exploitation
+    gap; the imagined return covers TRPO's rollout length, the real one a whole episode), live
+    imagined samples. What no run recorded is named, not drawn."""
+    budget, envs, algos, seeds = SECTION5_BUDGET, list(study.cfg["envs"]), study.algos, study.seeds
+    data, lacking = summaries.diagnostics(study, budget)
+    styles = _style(algos)
+    keys = [k for k in study.main_keys() if k.budget == budget]
+    missing = study.missing(keys)
+    summary = (summaries.ci_over_seeds(data, ["quantity", "name", "env", "deployment"], "value") if len(data)
+               else pd.DataFrame(columns=["quantity", "name", "env", "deployment"] + summaries.SUMMARY_COLUMNS))
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(len(DIAGNOSTIC_PANELS), len(envs), figsize=(3.3 * len(envs) + 0.5, 2.5 * len(DIAGNOSTIC_PANELS)),
+                                 squeeze=False, sharex="col", layout="constrained")
+        for i, (quantities, title) in enumerate(DIAGNOSTIC_PANELS):
+            for j, env in enumerate(envs):
+                ax = axes[i, j]
+                drawn = False
+                for q_i, q in enumerate(quantities):
+                    for algo in algos:
+                        s = summary[(summary.quantity == q) & (summary.name == algo) & (summary.env == env)]
+                        if s.empty:
+                            continue
+                        s = s.sort_values("deployment")
+                        ax.plot(s.deployment, s["mean"], color=styles[algo][0], marker=styles[algo][1], ms=3.5,
+                                lw=1.6, ls="-" if q_i == 0 else "--")
+                        ok = s.low.notna() & s.high.notna()
+                        if ok.any():
+                            ax.fill_between(s.deployment[ok], s.low[ok], s.high[ok], color=styles[algo][0], alpha=0.15, lw=0)
+                        drawn = True
+                if not drawn:
+                    _empty(ax, "not recorded")
+                if i == 0:
+                    ax.set_title(env_label(env), fontweight="bold")
+                if j == 0:
+                    ax.set_ylabel(title)
+                _deployment_axis(ax, study.deployments(env), [])
+                if i < len(DIAGNOSTIC_PANELS) - 1:
+                    ax.set_xlabel("")
+        _legend(fig, algos, styles, set(data.name))
+        absent = [q for q, runs in lacking.items() if runs]
+        note = ("" if not absent else "\nnot recorded by every run that should: " + "; ".join(
+            f"{q} ({len(lacking[q])} runs)" for q in absent))
+        fig.suptitle(f"Diagnostics per deployment, I × B = {budget} (scalars.csv of each run)\n"
+                     f"{profile_note(study, seeds)}\n{DIAGNOSTIC_KEY}{note}", fontsize=10)
+        _missing_footnote(fig, missing, len(keys), study)
+        paths = save_figure(fig, Path(out), "diagnostics")
+    missing_rows = pd.DataFrame([(q, str(k)) for q, runs in lacking.items() for k in runs], columns=["quantity", "run"])
+    return paths + [write_csv(Path(out) / "data" / "diagnostics.csv", summary),
+                    write_csv(Path(out) / "data" / "diagnostics_not_recorded.csv", missing_rows)]
+
+
+# ---- beyond the paper: MUSBO under each reading of eqs. 9, 12, 22 ----
+
+def reading_keys(study: Study) -> list[RunKey]:
+    """results/<profile>/readings/<reading>/<ablation_env>/<ablation_budget>/seed<N>/"""
+    c = study.cfg
+    return [RunKey("readings", r, c["ablation_env"], c["ablation_budget"], s)
+            for r in c.get("readings", []) for s in study.ablation_seeds]
+
+
+def reading_finals(study: Study) -> pd.DataFrame:
+    """Final eval return per reading and of default MUSBO (name "musbo") on the ablation env and
+    budget, mean over seeds with its CI (rows name/mean/low/high/n)."""
+    c = study.cfg
+    keys = reading_keys(study) + study.ablation_reference_keys()
+    m = study._read_runs([k for k in keys if study.exists(k)], "metrics.csv")
+    last = m[m.deployment == study.deployments(c["ablation_env"])] if len(m) else m
+    if last.empty:
+        return pd.DataFrame(columns=["name"] + summaries.SUMMARY_COLUMNS)
+    return summaries.ci_over_seeds(last, ["name"], "eval_return_mean")
+
+
+def readings(study: Study, out: Path) -> list[Path]:
+    """MUSBO under each reading (config `readings`, switches `reading_switches`) against default
+    MUSBO on the ablation env and budget, in the ablation figure's style, final returns in titles."""
+    cfg, seeds = study.cfg, study.ablation_seeds
+    env, budget, names = cfg["ablation_env"], cfg["ablation_budget"], list(cfg.get("readings", []))
+    ref = summaries.ci_over_seeds(study.curves("runs", ["musbo"], env, budget, seeds), ["name", "deployment"],
+                                  "eval_return_mean")
+    keys = study.ablation_reference_keys() + reading_keys(study)
+    missing = study.missing(keys)
+    finals = reading_finals(study)
+    styles = _style(["musbo"] + names)
+    n_dep = study.deployments(env)
+    runs = study._read_runs([k for k in reading_keys(study) if study.exists(k)], "metrics.csv")
+    data = [ref]
+
+    def final(name):
+        r = finals[finals.name == name]
+        return "no runs" if r.empty else fmt_interval(Interval(*r.iloc[0][["mean", "low", "high"]]), 0)
+
+    with plt.rc_context(RC):
+        n = max(len(names), 1)
+        cols = min(n, 4)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols + 0.4, 3.9 * rows), sharey=True, squeeze=False,
+                                 layout="constrained")
+        for ax, name in zip(axes.flat, names or [None]):
+            if not ref.empty:
+                _band(ax, ref, "deployment", *styles["musbo"], "MUSBO (defaults)")
+            if name is None:
+                _empty(ax, "no readings in this profile")
+                continue
+            sub = runs[runs.name == name] if len(runs) else runs
+            s = summaries.ci_over_seeds(sub, ["name", "deployment"], "eval_return_mean") if len(sub) else sub
+            data.append(s)
+            if s.empty:
+                _empty(ax, "no completed runs")
+            else:
+                _band(ax, s, "deployment", *styles[name], label(name))
+            ax.set_title(f"{label(name)}\nfinal: {final(name)} vs defaults {final('musbo')}", fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="upper left", frameon=False, fontsize=8)
+            _deployment_axis(ax, n_dep, _missing_by_name([k for k in missing if k.name in ("musbo", name)]))
+        for ax in list(axes.flat)[len(names or [None]):]:
+            ax.set_visible(False)
+        for r in range(rows):
+            axes[r, 0].set_ylabel("Eval return (real env)")
+        fig.suptitle(f"MUSBO under each reading of eqs. 9, 12, 22 on {env_label(env)}, I × B = {budget}\n"
+                     f"{profile_note(study, seeds)}", fontsize=10.5)
+        _missing_footnote(fig, missing, len(keys), study)
+        paths = save_figure(fig, Path(out), "readings")
+    return paths + [write_csv(Path(out) / "data" / "readings.csv", pd.concat(data, ignore_index=True)),
+                    write_csv(Path(out) / "data" / "readings_final.csv", finals)]

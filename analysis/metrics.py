@@ -35,7 +35,8 @@ NO_ESTIMATE = Interval(np.nan, np.nan, np.nan)
 # ---- novelty of a batch (Table 1) ----
 
 from algos.core.novelty import (_as_rows, _sum_unit_rows, cosine_novelty,  # noqa: E402,F401  (re-exported)
-                                cosine_novelty_per_deployment, unit_rows)
+                                cosine_novelty_per_deployment, nearest_cosine_per_deployment, novelty_rows,
+                                unit_rows)
 
 
 # ---- accuracy of imagined rollouts (Fig. 6): one implementation, shared with the run ----

@@ -4,7 +4,10 @@ missing, and their files as tables.
 Layout (the contract of `python -m algos.run`):
     RESULTS/runs/{algo}/{env}/{budget}/seed{seed}/            the main grid
     RESULTS/ablations/{ablation}/{env}/{budget}/seed{seed}/   MUSBO with one switch changed
-A run exists when its metrics.csv exists (it is written when the run completes).
+A run exists when its metrics.csv exists (it is written when the run completes) and it passes
+the input checks (`Study.check`: metrics.csv columns and types, deployments 1..I exactly once,
+finite values, the run's own config.yaml naming this profile and this run). A run that fails is
+excluded: listed with its reason in missing_runs.md, never plotted, counted in the footnotes.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from analysis.profile import env_run_config
 
@@ -23,6 +27,9 @@ SECTION5_BUDGET = "500k"
 # Fig. 6 compares these two (the paper's choice).
 MODEL_EVAL_ALGOS = ("musbo", "bremen")
 KEY_COLUMNS = ["kind", "name", "env", "budget", "seed"]
+# metrics.csv of a run (algos/run.py METRIC_COLUMNS): every column numeric, every value finite.
+METRIC_COLUMNS = ["deployment", "samples_total", "eval_return_mean", "eval_return_std", "eval_episodes",
+                  "collect_s", "model_s", "labeler_s", "bc_s", "policy_s", "eval_s"]
 
 
 def workflow_command(profile: str) -> str:
@@ -64,6 +71,7 @@ class Study:
         self.algos = list(cfg["algos"])
         self.seeds = [int(s) for s in cfg["seeds"]]
         self.ablation_seeds = [int(s) for s in cfg["ablation_seeds"]]
+        self._checked: dict[RunKey, str | None] = {}
 
     # ---- the plan ----
     def deployments(self, env: str) -> int:
@@ -97,7 +105,26 @@ class Study:
 
     # ---- what exists ----
     def exists(self, key: RunKey) -> bool:
-        return (key.path(self.root) / "metrics.csv").is_file()
+        """Complete (metrics.csv written) and passing the input checks."""
+        return (key.path(self.root) / "metrics.csv").is_file() and self.check(key) is None
+
+    def check(self, key: RunKey) -> str | None:
+        """Why the run cannot be used, or None. Only for runs with a metrics.csv."""
+        if key not in self._checked:
+            self._checked[key] = _check_run(key.path(self.root), key, self.profile, self.deployments(key.env))
+        return self._checked[key]
+
+    @property
+    def excluded(self) -> dict[RunKey, str]:
+        """Planned runs with a metrics.csv that fail the input checks, and why."""
+        return {k: self.check(k) for k in self.planned_keys()
+                if (k.path(self.root) / "metrics.csv").is_file() and self.check(k) is not None}
+
+    def exclusion_note(self, keys=None) -> str:
+        """For figure footnotes: how many of `keys` (default: all planned) were excluded."""
+        keys = self.planned_keys() if keys is None else keys
+        n = sum(1 for k in keys if k in self.excluded)
+        return f"{n} run{'s' if n != 1 else ''} excluded by the input checks" if n else ""
 
     def missing(self, keys) -> list[RunKey]:
         return [k for k in keys if not self.exists(k)]
@@ -122,6 +149,11 @@ class Study:
         if any(self.exists(k) for k in self.planned_keys()):
             return
         where = "does not exist" if not self.root.is_dir() else "holds no completed run of this profile's grid"
+        excluded = self.excluded
+        if excluded:
+            first = min(excluded)
+            where = (f"holds no usable run of profile {self.profile!r}: all {len(excluded)} complete runs fail the "
+                     f"input checks, e.g. {first}: {excluded[first]}")
         raise NoResultsError(
             f"{self.root} {where} (looked for {self.root}/runs/ALGO/ENV/BUDGET/seedN/metrics.csv).\n"
             f"Produce the runs of profile {self.profile!r} first, e.g. the whole workflow:\n"
@@ -191,17 +223,6 @@ class Study:
         return out
 
     # ---- what is missing, as Markdown (written by every target: same content each time) ----
-    def incomplete(self) -> list[tuple[RunKey, int, int]]:
-        m = self.metrics
-        if m.empty:
-            return []
-        counts = m.groupby(KEY_COLUMNS).deployment.nunique()
-        out = []
-        for (kind, name, env, budget, seed), n in counts.items():
-            expected = self.deployments(env)
-            if n < expected:
-                out.append((RunKey(kind, name, env, budget, int(seed)), int(n), expected))
-        return out
 
     def missing_report(self) -> str:
         def section(title, keys, what):
@@ -217,7 +238,8 @@ class Study:
         no_model_eval = [k for k in self.model_eval_keys()
                          if self.exists(k) and not (k.path(self.root) / "model_eval.csv").is_file()]
         lines = [f"# Missing runs: profile `{self.profile}`, results `{self.root}`", "",
-                 "A run is missing when its `metrics.csv` is absent (written when the run completes). "
+                 "A run is missing when its `metrics.csv` is absent (written when the run completes) or when "
+                 "it fails the input checks (listed with the reason under Excluded runs). "
                  "Figures and tables use the runs that exist and name the missing ones.", "",
                  f"Produce missing runs with the workflow (`{workflow_command(self.profile)}`) "
                  f"or one at a time: `python -m algos.run --profile {self.profile} --algo ALGO --env ENV "
@@ -229,9 +251,51 @@ class Study:
         lines += section("Table 1: runs present without all `batches/deployment_i.npz`", no_batches,
                          f"{len(no_batches)} runs (batches are not committed for mini: re-run to recreate them)")
         lines += section("Fig. 6: runs present without `model_eval.csv`", no_model_eval, f"{len(no_model_eval)} runs")
-        inc = self.incomplete()
-        lines += [f"## Incomplete runs (fewer deployments in metrics.csv than the profile plans): {len(inc)}", ""]
-        lines += [f"- `{k}`: {n} of {e} deployments" for k, n, e in inc] or ["- none"]
+        excluded = self.excluded
+        lines += [f"## Excluded runs (complete, but failing the input checks; counted as missing above): "
+                  f"{len(excluded)}", ""]
+        lines += [f"- `{k}`: {why}" for k, why in sorted(excluded.items())] or ["- none"]
         lines += ["", f"## Runs found outside this profile's grid (ignored): {len(extra)}", ""]
         lines += [f"- `{k}`" for k in extra] or ["- none"]
         return "\n".join(lines) + "\n"
+
+
+# ---- the input checks of one run ----
+def _check_run(d: Path, key: RunKey, profile: str, deployments: int) -> str | None:
+    """Why the run in `d` cannot be used (one line), or None."""
+    try:
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+        return f"config.yaml is missing or unreadable ({type(err).__name__})"
+    if not isinstance(cfg, dict) or cfg.get("profile") != profile:
+        found = cfg.get("profile") if isinstance(cfg, dict) else None
+        return f"its config.yaml is profile {found!r}, not {profile!r}"
+    expected = {"env": key.env, "budget": key.budget, "seed": key.seed}
+    if key.kind == "runs":
+        expected["algo"] = key.name
+    wrong = [f"{k}={cfg.get(k)!r}" for k, v in expected.items() if k in cfg and cfg[k] != v]
+    if wrong:
+        return f"its config.yaml is another run ({', '.join(wrong)})"
+    try:
+        m = pd.read_csv(d / "metrics.csv")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
+        return f"metrics.csv is unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty'})"
+    absent = [c for c in METRIC_COLUMNS if c not in m.columns]
+    if absent:
+        return f"metrics.csv lacks the column(s) {', '.join(absent)}"
+    for c in METRIC_COLUMNS:
+        if not pd.api.types.is_numeric_dtype(m[c]) or pd.api.types.is_bool_dtype(m[c]):
+            return f"metrics.csv column {c} is not numeric"
+        if not np.isfinite(m[c].to_numpy(dtype=float)).all():
+            return f"metrics.csv column {c} holds a non-finite value"
+    got = m["deployment"].tolist()
+    if sorted(got) != list(range(1, deployments + 1)):
+        dup = sorted({int(x) for x in got if got.count(x) > 1})
+        return (f"metrics.csv deployments are {_ranges(got)}, not 1..{deployments} exactly once"
+                + (f" (repeated: {dup})" if dup else ""))
+    return None
+
+
+def _ranges(values) -> str:
+    shown = [int(v) if float(v).is_integer() else v for v in values]
+    return str(shown[:12])[:-1] + (", ...]" if len(shown) > 12 else "]")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import metrics
-from analysis.results import Study
+from analysis.results import SECTION5_BUDGET, RunKey, Study
 
 SUMMARY_COLUMNS = ["mean", "low", "high", "n"]
 
@@ -88,24 +88,37 @@ def aggregate(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["measure", "budget", "name", "point", "low", "high", "n_envs", "n_runs"])
 
 
-def novelty(study: Study) -> tuple[pd.DataFrame, list]:
-    """Table 1 per run: cosine similarity of B(i) with B(1..i-1), i >= 2, on the novelty
-    env at 500k, from the saved batches, else from the run's novelty.csv. Returns (rows
-    name/seed/deployment/cosine_similarity, runs with neither)."""
+NOVELTY_READINGS = {"cosine_similarity": "mean over all pairs", "nn_cosine_similarity": "nearest neighbour"}
+
+
+def novelty_envs(study: Study) -> list[str]:
+    """The envs of Table 1: every env of the grid with 5 deployments (as the paper's table),
+    the novelty env first."""
+    first = study.cfg["novelty_env"]
+    return [first] + [e for e in study.cfg["envs"] if e != first and study.deployments(e) == 5]
+
+
+def novelty(study: Study, envs: list[str] | None = None) -> tuple[pd.DataFrame, list]:
+    """Table 1 per run: B(i) against B(1..i-1), i >= 2, under both readings of the cosine score
+    (NOVELTY_READINGS; algos/core/novelty.py), at 500k with the ablation seeds, on `envs`
+    (default: the novelty env), from the saved batches, else from the run's novelty.csv (a
+    novelty.csv written before the nearest-neighbour reading existed gives NaN there).
+    Returns (rows name/env/seed/deployment/<readings>, runs with neither)."""
     rows, missing = [], []
-    for key in study.novelty_keys():
-        obs = study.batch_obs(key)
-        if obs is not None:
-            sims = enumerate(metrics.cosine_novelty_per_deployment(obs), start=2)
-        elif study.exists(key) and (key.path(study.root) / "novelty.csv").is_file():
-            # the run's own novelty.csv (same function): batches are not committed
-            saved = pd.read_csv(key.path(study.root) / "novelty.csv")
-            sims = zip(saved.deployment, saved.cosine_similarity)
-        else:
-            missing.append(key)
-            continue
-        rows += [(key.name, key.seed, int(i), float(sim)) for i, sim in sims]
-    return pd.DataFrame(rows, columns=["name", "seed", "deployment", "cosine_similarity"]), missing
+    for env in envs or [study.cfg["novelty_env"]]:
+        for key in [RunKey("runs", a, env, SECTION5_BUDGET, s) for a in study.algos for s in study.ablation_seeds]:
+            obs = study.batch_obs(key)
+            if obs is not None:
+                saved = pd.DataFrame(metrics.novelty_rows(obs))
+            elif study.exists(key) and (key.path(study.root) / "novelty.csv").is_file():
+                saved = pd.read_csv(key.path(study.root) / "novelty.csv")  # the run's own (same functions)
+            else:
+                missing.append(key)
+                continue
+            for r in saved.itertuples(index=False):
+                rows.append((key.name, env, key.seed, int(r.deployment),
+                             *(float(getattr(r, c, np.nan)) for c in NOVELTY_READINGS)))
+    return pd.DataFrame(rows, columns=["name", "env", "seed", "deployment", *NOVELTY_READINGS]), missing
 
 
 def model_eval(study: Study) -> pd.DataFrame:
@@ -120,3 +133,97 @@ def model_eval(study: Study) -> pd.DataFrame:
         parts.append(s)
     return pd.concat(parts, ignore_index=True)
 
+
+
+# ---- MUSBO's diagnostics (scalars.csv of each run, algos/core/scalars.py) ----
+
+# (quantity, scalar names that may hold it (first found wins), how one deployment's rows reduce,
+# the algorithms that record it): "last" = the value at the deployment's last step (the final
+# policy's), "mean" = over its steps.
+DIAGNOSTICS = (
+    ("eq9_mean", ("eq9_mean",), "last", ("musbo",)),                # labels of the new batch (MUSBO.label_batch)
+    ("eq9_share_at_0", ("eq9_share_at_0",), "last", ("musbo",)),
+    ("eq12_mean", ("eq12_mean",), "mean", ("musbo",)),              # per TRPO iteration (train_in_model)
+    ("imagined_return", ("imagined_return", "imagined_return_mean"), "last", ("musbo", "bremen")),
+    ("live_imagined_samples", ("live_samples", "live_imagined_samples", "live_transitions"), "mean",
+     ("musbo", "bremen")),
+)
+
+
+def read_scalars(path) -> pd.DataFrame:
+    """One run's scalars.csv (deployment, phase, step, name, value); empty if absent."""
+    try:
+        return pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame(columns=["deployment", "phase", "step", "name", "value"])
+
+
+def reduce_scalars(s: pd.DataFrame) -> pd.DataFrame:
+    """Per deployment, each DIAGNOSTICS quantity that the table holds: rows deployment/quantity/value."""
+    rows = []
+    for quantity, names, how, _ in DIAGNOSTICS:
+        found = next((n for n in names if (s.name == n).any()), None)
+        if found is None:
+            continue
+        for dep, sub in s[s.name == found].groupby("deployment"):
+            value = sub.sort_values("step").value.iloc[-1] if how == "last" else sub.value.mean()
+            rows.append((int(dep), quantity, float(value)))
+    return pd.DataFrame(rows, columns=["deployment", "quantity", "value"])
+
+
+def diagnostics(study: Study, budget: str = SECTION5_BUDGET) -> tuple[pd.DataFrame, dict]:
+    """DIAGNOSTICS per main run at `budget` (rows name/env/seed/deployment/quantity/value) plus
+    the real eval return as quantity `real_return`; and per quantity the runs (present, with a
+    metrics.csv, of an algorithm that records it) whose scalars.csv lacks it (older runs)."""
+    frames, lacking = [], {q: [] for q, _, _, _ in DIAGNOSTICS}
+    recorded_by = {q: algos for q, _, _, algos in DIAGNOSTICS}
+    for key in [k for k in study.main_keys() if k.budget == budget and study.exists(k)]:
+        reduced = reduce_scalars(read_scalars(key.path(study.root) / "scalars.csv"))
+        m = pd.read_csv(key.path(study.root) / "metrics.csv")
+        real = pd.DataFrame({"deployment": m.deployment, "quantity": "real_return", "value": m.eval_return_mean})
+        df = pd.concat([reduced, real], ignore_index=True)
+        df.insert(0, "name", key.name)
+        df.insert(1, "env", key.env)
+        df.insert(2, "seed", key.seed)
+        frames.append(df)
+        for q in lacking:
+            if key.name in recorded_by[q] and not (reduced.quantity == q).any():
+                lacking[q].append(key)
+    data = (pd.concat(frames, ignore_index=True) if frames else
+            pd.DataFrame(columns=["name", "env", "seed", "deployment", "quantity", "value"]))
+    return data, lacking
+
+
+# ---- Theorem 1: monotone improvement across deployments ----
+
+def monotone_share(study: Study) -> pd.DataFrame:
+    """Per complete main run: the share of steps i -> i+1 (i = 1..I-1) at which the eval return
+    does not drop (return(i+1) >= return(i)). Rows name/env/budget/seed/share/steps."""
+    m = study.metrics
+    m = m[m.kind == "runs"]
+    rows = []
+    for (name, env, budget, seed), sub in m.groupby(["name", "env", "budget", "seed"]):
+        r = sub.sort_values("deployment").eval_return_mean.to_numpy()
+        if len(r) < 2 or len(r) != study.deployments(env):
+            continue
+        rows.append((name, env, budget, int(seed), float(np.mean(np.diff(r) >= 0)), len(r) - 1))
+    return pd.DataFrame(rows, columns=["name", "env", "budget", "seed", "share", "steps"])
+
+
+# ---- Appendix F: time per run ----
+
+PAPER_T4_HOURS = {"walker2d": 18.0, "hopper": 26.0, "halfcheetah": 7.0, "ant": 12.0, "cheetah-run": 8.0}  # 500k
+
+
+def measured_run_hours(study: Study) -> pd.DataFrame:
+    """Per (algo, env, budget): the mean over complete main runs of the summed phase times
+    (the *_s columns of metrics.csv: collection, models, BC, policy, eval), in hours."""
+    m = study.metrics
+    m = m[m.kind == "runs"]
+    cols = [c for c in m.columns if c.endswith("_s")]
+    if m.empty or not cols:
+        return pd.DataFrame(columns=["name", "env", "budget", "hours", "runs"])
+    per_run = m.groupby(["name", "env", "budget", "seed"])[cols].sum().sum(axis=1).rename("seconds").reset_index()
+    out = per_run.groupby(["name", "env", "budget"]).seconds.agg(["mean", "count"]).reset_index()
+    return pd.DataFrame({"name": out.name, "env": out.env, "budget": out.budget, "hours": out["mean"] / 3600,
+                         "runs": out["count"]})

@@ -59,7 +59,9 @@ def write_run(root: Path, key: RunKey, cfg: dict, with_batches: bool = True) -> 
             np.savez(d / "batches" / f"deployment_{i}.npz", obs=obs, act=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
                      rew=rng.normal(size=n).astype(np.float32), next_obs=obs, terminated=np.zeros(n, bool),
                      truncated=np.zeros(n, bool), episode_start=np.arange(n) % 16 == 0)
-    (d / "config.yaml").write_text(yaml.safe_dump(run_cfg))
+    identity = {"profile": cfg["profile"], "env": key.env, "budget": key.budget, "seed": key.seed,
+                "algo": key.name if key.kind == "runs" else "musbo"}
+    (d / "config.yaml").write_text(yaml.safe_dump({**run_cfg, **identity}))  # as a run's: the analysis checks it
     (d / "provenance.json").write_text(json.dumps({
         "git_commit": "fake000", "packages": {}, "device": "cpu", "seed": key.seed,
         "start_time": "2026-01-01T00:00:00", "end_time": "2026-01-01T00:01:00"}))

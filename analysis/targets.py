@@ -2,8 +2,10 @@
 
     fig2(profile, results=None, out="paper_figures", cfg=None) -> list of written paths
 
-and likewise fig3 ... report, and all_targets. `results` defaults to results/PROFILE; `cfg`
-defaults to the profile's config (algos.config.load_profile). Every target but table2 needs
+and likewise fig3 ... report, readings, diagnostics, and all_targets. `results` defaults to
+results/PROFILE; `cfg` defaults to the profile's config (algos.config.load_profile; the workflow
+passes its merged config). The workflow writes the paper profile's files into paper_figures/ and
+every other profile's into paper_figures/PROFILE/ (figures_dir). Every target but table2 needs
 at least one run of the profile's grid, and also writes OUT/missing_runs.md (the same text
 whichever target writes it)."""
 from __future__ import annotations
@@ -19,10 +21,17 @@ from analysis.results import Study
 MISSING_RUNS = "missing_runs.md"
 
 # `all` makes them in this order (the report last: it links the others).
-TARGETS = (*figures.PAPER_FIGURES, "fig6", "table1", "table2", "aggregate", "ablation", "claims", "report", "all")
+TARGETS = (*figures.PAPER_FIGURES, "fig6", "table1", "table2", "aggregate", "ablation", "readings", "diagnostics",
+           "claims", "report", "all")
 CONFIG_ONLY = {"table2"}  # needs no run
-_FROM_STUDY = {"fig6": figures.fig6, "table1": tables.table1, "aggregate": figures.aggregate,
-               "ablation": figures.ablation, "claims": claims_mod.claims, "report": report_mod.report}
+# The module whose function of the target's name makes it from a Study (the rest: analysis.figures).
+_MODULES = {"table1": tables, "claims": claims_mod, "report": report_mod}
+
+
+def figures_dir(profile: str) -> Path:
+    """Where a profile's figures and tables go: paper_figures/ for the paper profile, else
+    paper_figures/PROFILE/ (so no profile's file stands in for another's)."""
+    return Path("paper_figures") if profile == "paper" else Path("paper_figures") / profile
 
 
 def _make(name: str, study: Study, out: Path, paper_cfg: dict) -> list[Path]:
@@ -30,7 +39,7 @@ def _make(name: str, study: Study, out: Path, paper_cfg: dict) -> list[Path]:
         return figures.return_curves(study, out, name)
     if name == "table2":
         return tables.table2(paper_cfg, study.cfg, out)
-    return _FROM_STUDY[name](study, out)
+    return getattr(_MODULES.get(name, figures), name)(study, out)
 
 
 def run(target: str, profile: str, results: Path | str | None = None, out: Path | str = "paper_figures",
@@ -63,4 +72,5 @@ def _target(name: str):
 
 fig2, fig3, fig4, fig5, fig6 = _target("fig2"), _target("fig3"), _target("fig4"), _target("fig5"), _target("fig6")
 table1, table2, aggregate, ablation = _target("table1"), _target("table2"), _target("aggregate"), _target("ablation")
+readings, diagnostics = _target("readings"), _target("diagnostics")
 claims, report, all_targets = _target("claims"), _target("report"), _target("all")

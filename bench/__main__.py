@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE))  # the bench_* modules sit beside this file
 import bench_collect  # noqa: E402
 import bench_models  # noqa: E402
 import bench_novelty  # noqa: E402
+import bench_rollouts  # noqa: E402
 import bench_runs  # noqa: E402
 import bench_sac  # noqa: E402
 import bench_trpo  # noqa: E402
@@ -34,7 +35,7 @@ def git_commit() -> str:
 
 SECTIONS = {"models": lambda quick: bench_models.run(quick, threads=1, clock="cpu"),
             "trpo": bench_trpo.run, "sac": bench_sac.run, "collect": bench_collect.run,
-            "novelty": bench_novelty.run, "runs": bench_runs.run}
+            "novelty": bench_novelty.run, "runs": bench_runs.run, "rollouts": bench_rollouts.run}
 
 
 def headline(sections: dict, quick: bool, seconds: float) -> dict:
@@ -52,7 +53,16 @@ def headline(sections: dict, quick: bool, seconds: float) -> dict:
         "ensemble_train_fraction_of_peak": models["train_paper_batched_frac_peak"],
         "ensemble_train_batched_vs_loop": (models["train_paper_batched_member_samples_per_s"]
                                            / models["train_paper_loop_member_samples_per_s"]),
-        "rollout_fraction_of_peak": models["rollout_paper_musbo_frac_peak"],  # dynamics + eq. 12 labels + policy
+        # imagined rollouts at the real shapes (bench_rollouts): per sequential step, and one paper run
+        "rollout_us_per_step": {k: v["engines"][v["best_engine"]]["wall_us_per_step"]
+                                for k, v in sections["rollouts"]["shapes"].items()},
+        "rollout_dispatch_speedup_vs_legacy": {k: v["dispatch_speedup_vs_legacy"]
+                                               for k, v in sections["rollouts"]["shapes"].items()},
+        "rollout_syncs_per_step": {k: v["engines"][v["best_engine"]]["syncs_per_step"]
+                                   for k, v in sections["rollouts"]["shapes"].items()},
+        "rollout_paper_run_trpo_hours": {k: v.get("trpo_hours") for k, v in sections["rollouts"]["projection_hours"].items()},
+        # the old figure: 50,000 states in ONE step (a shape training never runs), kept as a row
+        "rollout_fraction_of_peak_one_step_50k": models["rollout_paper_musbo_frac_peak"],  # dynamics + eq. 12 labels + policy
         "rollout_fraction_of_peak_dynamics_only": models["rollout_paper_frac_peak"],
         "collect_fraction_of_physics": min(fractions),
         "collect_fraction_of_physics_per_env": {k: v["collect_fraction_of_physics"] for k, v in collect["envs"].items()},

@@ -5,11 +5,11 @@ What is counted:
   gemm_gflops[_bf16]            torch.bmm [5, n, 1024] x [5, 1024, 1024], n = 256 and 1000, float32
                                 (and bf16): the peak the ensemble's layers can reach on this machine,
                                 measured before every other measurement, best of all kept
-  train_<size>_batched          member-samples/s of DynamicsEnsemble.fit (one EnsembleLinear bmm per
+  train_<size>_batched          member-samples/s of ModelTrainer.fit (one EnsembleLinear bmm per
                                 layer, fused Adam): every member sees every training sample once per
                                 epoch, so member-samples = members x n_train x epochs; validation,
                                 shuffling and gathers are included (fit's own loop)
-  train_<size>_batched_bf16     the same with fit(bf16=True) (CPU autocast)
+  train_<size>_batched_bf16     the same with ModelTrainer(bf16=True) (CPU autocast)
   train_<size>_loop             the textbook alternative: one nn.Linear MLP and one Adam per member,
                                 stepped in a Python loop (same batch size, same data)
   *_frac_peak                   FLOP rate / gemm_gflops, FLOPs = 3 x 2 x sum_layers(in x out) per
@@ -20,6 +20,8 @@ What is counted:
                                 HalfCheetah's model reward and termination; frac_peak counts the
                                 model's forward FLOPs only (2 x sum in x out; the policy adds
                                 ~4 % at paper size and about as much as the model at mini size)
+  bc_steps_per_s                behaviour cloning Adam steps/s (2 x 200 policy, batch 256), and
+  bc_s_official_300k_steps      what BREMEN's 300,000 steps cost per deployment at that rate
   rollout_<size>_musbo_*        the same through MUSBO's own objects: dynamics M-hat (one member per
                                 step), the eq. 12 labels of the labeler P-hat (K = 3 probabilistic
                                 members, both heads) and the policy; frac_peak counts all three
@@ -47,7 +49,7 @@ from torch import nn
 
 from algos.core.ensemble import DynamicsEnsemble
 from algos.core.policy import GaussianPolicy
-from algos.core.rollouts import imagine
+from algos.core.rollouts import gaussian_sampler, imagine
 from timing import best_time  # noqa: E402  (bench/ is on sys.path)
 
 OBS, ACT, MEMBERS = 17, 6, 5
@@ -85,17 +87,21 @@ def synthetic_data(n: int, seed: int = 0):
 
 
 def train_batched(hidden, batch, n, repeats, bf16=False) -> float:
-    """member-samples/s of DynamicsEnsemble.fit, one epoch, 2 % holdout."""
+    """member-samples/s of ModelTrainer.fit, one epoch, 2 % holdout."""
     obs, act, nxt = synthetic_data(n)
     torch.manual_seed(0)
     base = DynamicsEnsemble(OBS, ACT, members=MEMBERS, hidden=hidden)
     holdout = 0.02
     n_train = n - int(holdout * n)
 
+    n_hold = int(holdout * n)
+    train = {"obs": obs[n_hold:], "act": act[n_hold:], "next_obs": nxt[n_hold:]}
+    hold = {"obs": obs[:n_hold], "act": act[:n_hold], "next_obs": nxt[:n_hold]}
+
     def once():
         m = copy.deepcopy(base)
-        m.fit(obs, act, nxt, lr=1e-3, batch_size=batch, holdout=holdout, max_epochs=1, patience=10,
-              generator=torch.Generator().manual_seed(0), bf16=bf16)
+        ModelTrainer(lr=1e-3, batch_size=batch, bf16=bf16).fit(m, train, hold, Patience(10, max_epochs=1),
+                                                               torch.Generator().manual_seed(0))
 
     once()  # warm-up (the first optimizer step imports torch._dynamo: ~1 s once per process)
     return MEMBERS * n_train / _timed(once, repeats)
@@ -142,10 +148,11 @@ def rollout_rate(hidden, n_states, horizon, repeats) -> float:
     obs, act, nxt = synthetic_data(5000)
     model.input_norm.fit(torch.cat([obs, act], 1))
     model.target_norm.fit(nxt - obs)
-    sample = GaussianPolicy(OBS, ACT, hidden=(200, 200)).sample
+    sample = gaussian_sampler(GaussianPolicy(OBS, ACT, hidden=(200, 200)))
     start = torch.randn(n_states, OBS, generator=torch.Generator().manual_seed(1))
-    run_once = lambda: imagine(model, sample, start, horizon, "halfcheetah", torch.Generator().manual_seed(0))
-    imagine(model, sample, start[:256], 1, "halfcheetah", torch.Generator().manual_seed(0))
+    run_once = lambda: imagine(model, sample, start, n_states, horizon, "halfcheetah", torch.Generator().manual_seed(0),
+                               member_choice="per_step", engine="eager")
+    imagine(model, sample, start, 256, 1, "halfcheetah", torch.Generator().manual_seed(0), member_choice="per_step")
     return n_states * horizon / _timed(run_once, repeats)
 
 
@@ -165,9 +172,11 @@ def musbo_rollout_rate(size: str, n_states, horizon, repeats) -> float:
     gen = torch.Generator().manual_seed(0)
     label_fn = lambda s, a: algo.imagined_labels(s, a, gen)  # noqa: E731
     start = torch.randn(n_states, OBS, generator=torch.Generator().manual_seed(1))
-    run_once = lambda: imagine(algo.dynamics, algo.policy.sample, start, horizon, "halfcheetah", gen,  # noqa: E731
+    sample = gaussian_sampler(algo.policy)
+    run_once = lambda: imagine(algo.dynamics, sample, start, n_states, horizon, "halfcheetah", gen,  # noqa: E731
+                               member_choice="per_step", engine="eager",
                                label_fn=label_fn)
-    imagine(algo.dynamics, algo.policy.sample, start[:256], 1, "halfcheetah", gen, label_fn=label_fn)
+    imagine(algo.dynamics, sample, start, 256, 1, "halfcheetah", gen, member_choice="per_step", label_fn=label_fn)
     return n_states * horizon / _timed(run_once, repeats)
 
 
@@ -231,16 +240,33 @@ def run(quick: bool, threads: int | None = None, clock: str = "wall") -> dict:
         out[f"{key}_frac_peak"] = rate * flop / 1e9 / out["gemm_gflops"]
         if key.endswith("bf16"):
             out[f"{key}_frac_bf16_peak"] = rate * flop / 1e9 / out["gemm_gflops_bf16"]
+    out["bc_steps_per_s"] = bc_steps_per_s(100 if quick else 500, repeats)
+    out["bc_s_official_300k_steps"] = 300_000 / out["bc_steps_per_s"]   # BREMEN's bc.steps, per deployment
     out["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     return out
+
+
+def bc_steps_per_s(steps: int, repeats: int) -> float:
+    """Adam steps/s of behaviour cloning (algos/core/bc.py, fixed-step schedule): the 2 x 200
+    policy on HalfCheetah shapes, batch 256 (BREMEN's), 20k states."""
+    from algos.core.bc import weighted_bc
+    obs, act, _ = synthetic_data(20_000)
+    data = {"obs": obs.numpy(), "act": act.clamp(-1, 1).numpy()}
+    torch.manual_seed(0)
+    policy = GaussianPolicy(OBS, ACT, hidden=(200, 200))
+    fn = lambda: weighted_bc(policy, data, None, lr=5e-4, batch_size=256, steps=steps,  # noqa: E731
+                             generator=torch.Generator().manual_seed(0))
+    fn()
+    return steps / _timed(fn, repeats)
 
 
 def profile_fit(n: int = 5000) -> str:
     """torch.profiler table of one paper-size fit epoch (top operators by self CPU time)."""
     obs, act, nxt = synthetic_data(n)
     model = DynamicsEnsemble(OBS, ACT, members=MEMBERS, hidden=SIZES["paper"]["hidden"])
-    fit = lambda: model.fit(obs, act, nxt, lr=1e-3, batch_size=1000, holdout=0.02, max_epochs=1,
-                            generator=torch.Generator().manual_seed(0))
+    data = {"obs": obs, "act": act, "next_obs": nxt}
+    fit = lambda: ModelTrainer(lr=1e-3, batch_size=1000).fit(model, data, None, Patience(10, max_epochs=1),  # noqa: E731
+                                                             torch.Generator().manual_seed(0))
     fit()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fit()

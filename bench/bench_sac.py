@@ -20,6 +20,12 @@ What is counted (HalfCheetah shapes: obs 17, act 6; torch CPU unless a GPU is pr
                                 the torch actor for comparison
   sac_s_per_deployment          sac_steps x the faster of the two mixed-batch timings, per profile
                                 (config/*.yaml), rollouts excluded
+  sac_s_per_1e4_steps           1e4 SAC steps at paper shapes (the faster mixed-batch timing)
+  sac_h_official_1e6_steps      what MOPO's official offline run, 1,000 epochs x 1,000 steps = 1e6,
+                                would cost per deployment, in hours (SAC steps alone)
+  rollout_s_per_1e4_steps       MOPO's model rollouts that go with 1e4 SAC steps: 10 rollouts
+                                (every 1000 steps) of 50k start states x horizon 5, at
+                                mopo_rollout_per_s (with termination off: the upper bound)
 
 Use: `run(quick) -> dict` (bench/run.py assembles results.json), or
 `python bench/bench_sac.py [--quick]` to print a table.
@@ -137,6 +143,9 @@ def run(quick: bool) -> dict:
         out.update(mopo_rates(device, n_states, repeats))
     out.update(policy_call_us(500 if quick else 3000, repeats))
     step_ms = min(out["sac_update_mixed_batch_ms"], out.get("sac_update_mixed_batch_1_thread_ms", float("inf")))
+    out["sac_s_per_1e4_steps"] = 1e4 * step_ms / 1e3
+    out["sac_h_official_1e6_steps"] = 1e6 * step_ms / 1e3 / 3600
+    out["rollout_s_per_1e4_steps"] = 10 * 50_000 * 5 / out["mopo_rollout_per_s"]
     out["sac_s_per_deployment"] = {
         profile: load_profile(profile)["run"]["defaults"]["mopo"]["sac_steps"] * step_ms / 1e3
         for profile in ("paper", "mini", "smoke")}

@@ -7,9 +7,17 @@ reward and termination functions (appendix F). `envs.collector` gathers real tra
     model_termination(name, obs, act, next_obs)
     ENV_SPECS[name]                             obs_dim, act_dim, x_velocity_index, z_index, ... , source
 """
-from envs.make import MAX_EPISODE_STEPS, make_env
 from envs.model_side import model_reward, model_termination
 from envs.specs import ENV_NAMES, ENV_SPECS, EnvSpec, get_spec
+
+
+def __getattr__(name):
+    """make_env and MAX_EPISODE_STEPS import gymnasium (and MuJoCo, dm_control) on first use only:
+    the model side (imagined rollouts, bench/gpu_check.py) runs where those are not installed."""
+    if name in ("make_env", "MAX_EPISODE_STEPS"):
+        from envs import make
+        return getattr(make, name)
+    raise AttributeError(f"module 'envs' has no attribute {name!r}")
 
 __all__ = ["ENV_NAMES", "ENV_SPECS", "EnvSpec", "MAX_EPISODE_STEPS", "get_spec", "make_env",
            "model_reward", "model_termination"]

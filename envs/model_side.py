@@ -3,13 +3,18 @@
 Both functions are batched over any leading dims and take numpy arrays or torch tensors
 (same kind, dtype and device out as in; no gradient is needed through them).
 
-Which state's velocity: the real envs pay the finite-difference velocity over the step,
-(x_after - x_before) / dt, while the observation holds the instantaneous qvel[0]. We read
-x_dot (and Ant's z) from next_obs, i.e. the state after the action: on random rollouts its
-x_dot tracks the env's forward velocity much better on HalfCheetah (dt 0.05 s: corr 0.92 vs
-0.65) and as well, within noise, on the other four (short steps: |difference in corr| < 0.03;
-Cheetah-Run's reward, computed after the physics step, favours s' slightly on average).
-tests/test_envs.py re-measures this.
+Which state's velocity (`velocity_from`, VELOCITY_FROM): the real envs pay the
+finite-difference velocity over the step, (x_after - x_before) / dt, while the observation holds
+the instantaneous qvel[0].
+- "next_obs" (MUSBO's default): x_dot (and Ant's z) from s', the state after the action: on
+  random rollouts its x_dot tracks the env's forward velocity much better on HalfCheetah
+  (dt 0.05 s: corr 0.92 vs 0.65) and as well, within noise, on the other four (short steps:
+  |difference in corr| < 0.03; Cheetah-Run's reward, computed after the physics step, favours s'
+  slightly on average). tests/test_envs.py re-measures this.
+- "obs": from s, the state before the action, on every env.
+- "bremen_code" (BREMEN's default): as BREMEN's reward functions read it, s for HalfCheetah,
+  Ant (z too) and Cheetah-Run (matsuolab/BREMEN envs/gym/half_cheetah.py:57, ant.py:61-62,
+  cheetahrun.py:62), s' for Hopper and Walker2d (hopper.py:64, walker2d.py:64).
 """
 import sys
 
@@ -27,17 +32,32 @@ def _as_array(x):
     return x if _is_torch(x) else np.asarray(x)
 
 
-def model_reward(name: str, obs, act, next_obs):
-    """Appendix F reward r(s, a, s') with shape obs.shape[:-1]; `obs` is unused (see module doc)
-    but kept in the signature so that callers need not know which state is read."""
+VELOCITY_FROM = ("next_obs", "obs", "bremen_code")
+# The envs whose reward BREMEN's code reads from s (the others from s'); see the module doc.
+BREMEN_READS_OBS = ("halfcheetah", "ant", "cheetah-run")
+
+
+def velocity_state(name: str, velocity_from: str) -> str:
+    """"obs" or "next_obs": the state the reward of env `name` reads under `velocity_from`."""
+    if velocity_from not in VELOCITY_FROM:
+        raise ValueError(f"velocity_from must be one of {VELOCITY_FROM}, got {velocity_from!r}")
+    if velocity_from == "bremen_code":
+        return "obs" if name in BREMEN_READS_OBS else "next_obs"
+    return velocity_from
+
+
+def model_reward(name: str, obs, act, next_obs, velocity_from: str = "next_obs"):
+    """Appendix F reward r(s, a, s') with shape obs.shape[:-1]; x_dot (and Ant's z) are read from
+    s or s' by `velocity_from` (see the module doc)."""
     spec = get_spec(name)
-    act, next_obs = _as_array(act), _as_array(next_obs)
-    x_dot = next_obs[..., spec.x_velocity_index]
+    act = _as_array(act)
+    state = _as_array(obs if velocity_state(name, velocity_from) == "obs" else next_obs)
+    x_dot = state[..., spec.x_velocity_index]
     if spec.run_speed is not None:  # Cheetah-Run: max(0, min(x_dot / 10, 1))
         return (x_dot / spec.run_speed).clip(0.0, 1.0)
     reward = x_dot - spec.ctrl_cost * (act**2).sum(-1)
     if spec.height_cost:  # Ant: - 3.0 (z - 0.57)^2
-        reward = reward - spec.height_cost * (next_obs[..., spec.z_index] - spec.height_target) ** 2
+        reward = reward - spec.height_cost * (state[..., spec.z_index] - spec.height_target) ** 2
     return reward + spec.alive_bonus
 
 

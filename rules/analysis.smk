@@ -1,18 +1,31 @@
-# Analysis: one rule per target of `python -m analysis TARGET`, named after it (`snakemake fig2`
-# or `snakemake paper_figures/fig2.pdf`), writing the files of ANALYSIS_OUTPUTS into
-# paper_figures/. Each declares the run files it reads (analysis_inputs, common.smk), so a
-# figure or table asked for alone runs only the runs it needs. With --keep-going, a failed run
-# leaves its files missing and the targets that read them are not run.
+# Analysis: one rule per target of `python -m analysis TARGET`, named after it (`snakemake fig2`,
+# or `snakemake paper_figures/fig2.pdf` for the paper profile, paper_figures/<profile>/fig2.pdf
+# for another), writing the files of ANALYSIS_OUTPUTS into FIGURES. Each declares the run files
+# it reads (analysis_inputs, common.smk), so a figure or table asked for alone runs only the runs
+# it needs, and the merged config it is drawn for (WORKFLOW_CONFIG). With --keep-going, a failed
+# run leaves its files missing and the targets that read them are not run. Analysis jobs are
+# local rules (seconds each; on a cluster they run beside Snakemake). Every output goes into
+# `snakemake --report report.html` with its caption (rules/report/<target>.rst).
 
 for analysis_target, analysis_files in ANALYSIS_OUTPUTS.items():
 
     rule:
         name:
             analysis_target
+        localrule: True
         input:
-            analysis_inputs(analysis_target),
+            runs=analysis_inputs(analysis_target),
+            config=WORKFLOW_CONFIG,
         output:
-            [f"{FIGURES}/{file}" for file in analysis_files],
+            [
+                report(
+                    f"{FIGURES}/{file}",
+                    caption=f"report/{analysis_target}.rst",
+                    category=REPORT_CATEGORIES[analysis_target],
+                    labels={"profile": PROFILE, "file": file},
+                )
+                for file in analysis_files
+            ],
         params:
             target=analysis_target,
             profile=lambda wildcards: PROFILE,  # a plain "paper" reads to --lint as a path prefix
@@ -20,8 +33,6 @@ for analysis_target, analysis_files in ANALYSIS_OUTPUTS.items():
             out=lambda wildcards, output: os.path.dirname(output[0]),
         log:
             f"{LOGS}/analysis/{analysis_target}.log",
-        benchmark:
-            f"{BENCHMARKS}/analysis/{analysis_target}.tsv"
         threads: ANALYSIS_RESOURCES["threads"]
         resources:
             mem_mb=ANALYSIS_RESOURCES["mem_mb"],
@@ -29,5 +40,5 @@ for analysis_target, analysis_files in ANALYSIS_OUTPUTS.items():
         conda:
             "../environment.yml"
         shell:
-            "python -m analysis {params.target} --profile {params.profile}"
+            "python -m analysis {params.target} --profile {params.profile} --config {input.config}"
             " --results {params.results} --out {params.out} > {log} 2>&1"

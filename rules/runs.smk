@@ -1,58 +1,69 @@
 # Training runs: one job = one `python -m algos.run` = one run directory.
-#   results/<profile>/runs/<algo>/<env>/<budget>/seed<N>/            the main grid
-#   results/<profile>/ablations/<ablation>/<env>/<budget>/seed<N>/   MUSBO with one switch changed
-# Only the run's result files are declared outputs (RUN_FILES, common.smk): its checkpoints/ and
-# batches/ stay put when a job fails or is killed, so the retry or the next invocation
-# (--rerun-incomplete) resumes after the last finished deployment.
+#   results/<profile>/runs/<algo>/<env>/<budget>/seed<N>/            the main grid       (rule run)
+#   results/<profile>/ablations/<ablation>/<env>/<budget>/seed<N>/   MUSBO, one switch   (rule ablation_run)
+#   results/<profile>/readings/<reading>/<env>/<budget>/seed<N>/     MUSBO, one reading  (rule reading_run)
+# Each job runs the resolved config written beside its directory (seed<N>.run_config.yaml,
+# rules/common.smk), so a job runs exactly the merged config, and a changed config (a newer
+# file) reruns exactly its runs: --replace-stale moves the old run aside into
+# <run>/stale-<hash>/ and starts at deployment 1; the same config resumes after the last
+# finished deployment. Only the run's result files are declared outputs, as update(): its
+# checkpoints/ and batches/ (and its old results) are never deleted by Snakemake.
 
 
-rule run:
-    """One run of the main grid."""
-    output:
-        **run_outputs(f"{RESULTS}/runs/{{algo}}/{{env}}/{{budget}}/seed{{seed}}"),
-    params:
-        profile=PROFILE,
-        out=lambda wildcards, output: os.path.dirname(output.metrics),
-    log:
-        f"{LOGS}/runs/{{algo}}/{{env}}/{{budget}}/seed{{seed}}.log",
-    benchmark:
-        f"{BENCHMARKS}/runs/{{algo}}/{{env}}/{{budget}}/seed{{seed}}.tsv"
-    threads: config["resources"]["threads"]
-    resources:
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=lambda wildcards: config["resources"]["runtime_min"][wildcards.env],
-        gpu=config["resources"]["gpu"],
-    retries: config["resources"]["retries"]
-    conda:
-        "../environment.yml"
-    shell:
-        "python -m algos.run --algo {wildcards.algo} --env {wildcards.env}"
-        " --budget {wildcards.budget} --seed {wildcards.seed}"
-        " --profile {params.profile} --out {params.out} > {log} 2>&1"
+for run_kind, run_rule, run_wildcard in (
+    ("runs", "run", "algo"),
+    ("ablations", "ablation_run", "ablation"),
+    ("readings", "reading_run", "reading"),
+):
+
+    rule:
+        name:
+            run_rule
+        input:
+            run_config=run_config_input(run_kind),
+        output:
+            **run_outputs(f"{RESULTS}/{run_kind}/{{{run_wildcard}}}/{{env}}/{{budget}}/seed{{seed}}"),
+        params:
+            out=lambda wildcards, output: os.path.dirname(output.metrics),
+        log:
+            f"{LOGS}/{run_kind}/{{{run_wildcard}}}/{{env}}/{{budget}}/seed{{seed}}.log",
+        benchmark:
+            f"{BENCHMARKS}/{run_kind}/{{{run_wildcard}}}/{{env}}/{{budget}}/seed{{seed}}.tsv"
+        threads: config["resources"]["threads"]
+        resources:
+            mem_mb=config["resources"]["mem_mb"],
+            runtime=lambda wildcards: config["resources"]["runtime_min"][wildcards.env],
+            gpu=config["resources"]["gpu"],
+        retries: config["resources"]["retries"]
+        conda:
+            "../environment.yml"
+        shell:
+            "python -m algos.run --run-config {input.run_config} --out {params.out} --replace-stale > {log} 2>&1"
 
 
-rule ablation_run:
-    """One MUSBO run with the --set switches of one ablation (config ablation_switches)."""
-    output:
-        **run_outputs(f"{RESULTS}/ablations/{{ablation}}/{{env}}/{{budget}}/seed{{seed}}"),
-    params:
-        algo=ABLATION_ALGO,
-        profile=PROFILE,
-        out=lambda wildcards, output: os.path.dirname(output.metrics),
-        switches=lambda wildcards: set_switches(wildcards.ablation),
-    log:
-        f"{LOGS}/ablations/{{ablation}}/{{env}}/{{budget}}/seed{{seed}}.log",
-    benchmark:
-        f"{BENCHMARKS}/ablations/{{ablation}}/{{env}}/{{budget}}/seed{{seed}}.tsv"
-    threads: config["resources"]["threads"]
-    resources:
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=lambda wildcards: config["resources"]["runtime_min"][wildcards.env],
-        gpu=config["resources"]["gpu"],
-    retries: config["resources"]["retries"]
-    conda:
-        "../environment.yml"
-    shell:
-        "python -m algos.run --algo {params.algo} --env {wildcards.env}"
-        " --budget {wildcards.budget} --seed {wildcards.seed}"
-        " --profile {params.profile} --out {params.out} {params.switches} > {log} 2>&1"
+if not RESOLVE_NOW:
+    # Snakemake's own Python lacks the project's packages (--use-conda): each run's config is
+    # resolved and checked by a job in the conda environment instead, from what it depends on
+    # (its env's run section and its switches: rules/common.smk, _request).
+
+    rule run_config:
+        localrule: True
+        input:
+            f"{RESULTS}/run_requests/{{kind}}/{{name}}/{{env}}/{{budget}}/seed{{seed}}.yaml",
+        output:
+            f"{RESULTS}/{{kind}}/{{name}}/{{env}}/{{budget}}/seed{{seed}}.run_config.yaml",
+        wildcard_constraints:
+            kind="|".join(RUN_KINDS),
+            name="|".join([ALGO_PATTERN, ABLATION_PATTERN, READING_PATTERN]),
+        params:
+            algo=lambda wildcards: wildcards.name if wildcards.kind == "runs" else VARIANT_ALGO,
+            switches=lambda wildcards: " ".join(["--set", *SWITCHES[wildcards.kind][wildcards.name]])
+            if wildcards.kind != "runs"
+            else "",
+            profile=lambda wildcards: PROFILE,
+        conda:
+            "../environment.yml"
+        shell:
+            "python -m algos.config write-run-config --out {output} --profile {params.profile}"
+            " --algo {params.algo} --env {wildcards.env} --budget {wildcards.budget} --seed {wildcards.seed}"
+            " --workflow-config {input} {params.switches}"

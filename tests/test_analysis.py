@@ -129,7 +129,8 @@ def test_report_links_every_output_and_names_provenance(made_all):
 
 def test_table1_equals_the_cosine_similarity_of_the_saved_batches(made_all, results, mini):
     out, _ = made_all
-    t1 = pd.read_csv(out / "table1_novelty.csv").set_index("deployment")
+    t1 = pd.read_csv(out / "table1_novelty.csv")
+    t1 = t1[t1.env == "cheetah-run"].set_index("deployment")
     study = Study(mini, results)
     per_seed = {s: metrics.cosine_novelty_per_deployment(study.batch_obs(RunKey("runs", "musbo", "cheetah-run",
                                                                                   "500k", s))) for s in (0, 1)}
@@ -137,7 +138,7 @@ def test_table1_equals_the_cosine_similarity_of_the_saved_batches(made_all, resu
         obs = [np.load(results / f"runs/musbo/cheetah-run/500k/seed0/batches/deployment_{i}.npz")["obs"]
                for i in range(1, dep + 1)]
         assert per_seed[0][dep - 2] == pytest.approx(metrics.cosine_novelty(obs[-1], np.concatenate(obs[:-1])))
-        assert t1.loc[dep, "musbo_mean"] == pytest.approx(np.mean([per_seed[s][dep - 2] for s in (0, 1)]))
+        assert t1.loc[dep, "musbo_all_pairs_mean"] == pytest.approx(np.mean([per_seed[s][dep - 2] for s in (0, 1)]))
     assert t1.loc[2, "musbo_paper"] == 0.994 and t1.loc[5, "bremen_paper"] == 0.865
     assert "Higher similarity means LESS novelty" in (out / "table1_novelty.md").read_text()
 
@@ -227,7 +228,6 @@ def test_normalisation_uses_the_random_policy_returns_of_deployment_0(results, m
 
 def test_table1_falls_back_to_each_runs_novelty_csv_without_batches(results, mini, tmp_path):
     """Committed mini results carry novelty.csv but no batches: Table 1 must come out the same."""
-    from analysis.metrics import cosine_novelty_per_deployment
     from analysis.results import Study
     from analysis.summaries import novelty
     copy = tmp_path / "results"
@@ -235,10 +235,70 @@ def test_table1_falls_back_to_each_runs_novelty_csv_without_batches(results, min
     study = Study(mini, copy)
     for key in study.novelty_keys():
         d = key.path(copy)
-        sims = cosine_novelty_per_deployment(study.batch_obs(key))
-        pd.DataFrame({"deployment": range(2, len(sims) + 2), "cosine_similarity": sims}).to_csv(d / "novelty.csv", index=False)
+        pd.DataFrame(metrics.novelty_rows(study.batch_obs(key))).to_csv(d / "novelty.csv", index=False)
         shutil.rmtree(d / "batches")
     with_batches, _ = novelty(Study(mini, results))
     from_csv, missing = novelty(Study(mini, copy))
     assert not missing
     pd.testing.assert_frame_equal(with_batches.reset_index(drop=True), from_csv.reset_index(drop=True))
+
+
+# ---- issue 14: MUSBO's diagnostics, the readings figure, Table 1 under both readings ----
+
+def _scalars(rows):
+    return pd.DataFrame(rows, columns=["deployment", "phase", "step", "name", "value"])
+
+
+def test_diagnostics_reduce_each_deployment_and_name_what_is_missing(results, mini, tmp_path):
+    copy_root = tmp_path / "results"
+    shutil.copytree(results, copy_root)
+    study = Study(mini, copy_root)
+    key = RunKey("runs", "musbo", "halfcheetah", "500k", 0)
+    _scalars([(1, "labels", 0, "eq9_mean", 1.0), (2, "labels", 0, "eq9_mean", 0.25),
+              (2, "trpo", 0, "eq12_mean", 0.5), (2, "trpo", 1, "eq12_mean", 0.7),          # mean over iterations
+              (2, "trpo", 0, "imagined_return", 10.0), (2, "trpo", 1, "imagined_return", 30.0)]  # the last one
+             ).to_csv(key.path(copy_root) / "scalars.csv", index=False)
+    from analysis.summaries import diagnostics
+    data, lacking = diagnostics(study)
+    run = data[(data.name == "musbo") & (data.env == "halfcheetah") & (data.seed == 0)].set_index(["quantity", "deployment"])
+    assert run.loc[("eq9_mean", 2), "value"] == 0.25
+    assert run.loc[("eq12_mean", 2), "value"] == pytest.approx(0.6)
+    assert run.loc[("imagined_return", 2), "value"] == 30.0
+    assert key not in lacking["eq9_mean"] and key in lacking["live_imagined_samples"]
+    assert not any(k.name == "mopo" for k in lacking["eq9_mean"])     # MOPO has no eq. 9 to miss
+    paths = figures.diagnostics(study, tmp_path / "out")
+    assert (tmp_path / "out" / "diagnostics.pdf") in paths
+    summary = pd.read_csv(tmp_path / "out" / "data" / "diagnostics.csv")
+    assert set(summary.quantity) >= {"eq9_mean", "eq12_mean", "imagined_return", "real_return"}
+
+
+def test_readings_figure_compares_each_reading_with_default_musbo(results, mini, tmp_path):
+    from analysis.synthetic import write_run
+    cfg = copy.deepcopy(mini)
+    cfg["readings"] = ["eq22_variance"]
+    cfg["reading_switches"] = {"eq22_variance": ["musbo.eq22_reading=variance"]}
+    copy_root = tmp_path / "results"
+    shutil.copytree(results, copy_root)
+    study = Study(cfg, copy_root)
+    keys = figures.reading_keys(study)
+    assert [str(k) for k in keys] == [f"readings/eq22_variance/{cfg['ablation_env']}/{cfg['ablation_budget']}/seed{s}"
+                                      for s in cfg["ablation_seeds"]]
+    for k in keys:
+        write_run(copy_root, k, cfg, with_batches=False)
+    figures.readings(study, tmp_path / "out")
+    finals = pd.read_csv(tmp_path / "out" / "data" / "readings_final.csv").set_index("name")
+    last = study.deployments(cfg["ablation_env"])
+    expected = np.mean([pd.read_csv(k.path(copy_root) / "metrics.csv").set_index("deployment")
+                        .eval_return_mean[last] for k in keys])
+    assert finals.loc["eq22_variance", "mean"] == pytest.approx(expected)
+    assert "musbo" in finals.index and (tmp_path / "out" / "readings.pdf").is_file()
+
+
+def test_table1_shows_both_readings_for_every_env_with_5_deployments(made_all, mini):
+    out, _ = made_all
+    t1 = pd.read_csv(out / "table1_novelty.csv")
+    five = [e for e in mini["envs"] if Study(mini, out).deployments(e) == 5]
+    assert set(t1.env) == set(five)
+    assert (t1.musbo_nn_mean >= t1.musbo_all_pairs_mean).all()   # a max over earlier states >= their mean
+    text = (out / "table1_novelty.md").read_text()
+    assert "nearest neighbour" in text and "Closest to the paper's values" in text

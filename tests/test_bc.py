@@ -1,18 +1,28 @@
-"""algos.core.bc: uncertainty-weighted behaviour cloning (eq. 11), its early stopping and guards."""
+"""algos.core.bc: uncertainty-weighted behaviour cloning (eq. 11) under MUSBO's early stopping and
+BREMEN's fixed step count, the observation normaliser over every batch cloned so far (variance
+floor), BREMEN's sampled-action loss for a state-dependent log-std, and the guards."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 
-from algos.core.bc import bc_loss, holdout_split, weighted_bc
+from algos.core.bc import bc_loss, clone_policy, normalizer_moments, weighted_bc
 from algos.core.policy import GaussianPolicy
+from algos.core.scalars import Scalars
+from algos.core.training import StoppingRule
 
-BC = dict(lr=1e-2, batch_size=64, holdout=0.15, patience=5, max_epochs=40)
+RULE = StoppingRule(patience=5, max_epochs=40, keep="best")
+BC = dict(lr=1e-2, batch_size=64)
 
 
-def make_policy(obs_dim=3, act_dim=2, seed=0):
+def make_policy(obs_dim=3, act_dim=2, seed=0, **kw):
     torch.manual_seed(seed)
-    return GaussianPolicy(obs_dim, act_dim, hidden=(32,), init_log_std=-0.7)
+    return GaussianPolicy(obs_dim, act_dim, hidden=(32,), init_log_std=-0.7, **kw)
+
+
+def data(obs, act):
+    return {"obs": obs.numpy(), "act": act.numpy()}
 
 
 def two_experts(n=300, seed=0):
@@ -29,11 +39,11 @@ def test_weights_select_which_actions_are_cloned():
     n = len(obs) // 2
     probe = obs[:50]
     on_a = make_policy()
-    weighted_bc(on_a, obs, act, torch.cat([torch.ones(n), torch.full((n,), 0.01)]), **BC,
+    weighted_bc(on_a, data(obs, act), torch.cat([torch.ones(n), torch.full((n,), 0.01)]), **BC, stopping=RULE,
                 generator=torch.Generator().manual_seed(0))
     assert (on_a.mean_action(probe) - 0.5).abs().max() < 0.1  # follows the heavily weighted expert
     uniform = make_policy()
-    weighted_bc(uniform, obs, act, torch.ones(2 * n), **BC, generator=torch.Generator().manual_seed(0))
+    weighted_bc(uniform, data(obs, act), torch.ones(2 * n), **BC, stopping=RULE, generator=torch.Generator().manual_seed(0))
     averaged = uniform.mean_action(probe).detach()
     assert averaged.mean(0).abs().max() < 0.05 and averaged.abs().max() < 0.3  # plain BC averages the two
 
@@ -44,20 +54,71 @@ def test_unit_weights_are_plain_behaviour_cloning():
     plain = 0.5 * (act - policy.mean_action(obs)).pow(2).sum(-1).mean()
     assert torch.allclose(bc_loss(policy, obs, act, torch.ones(len(obs))), plain)
     a, b = copy.deepcopy(policy), copy.deepcopy(policy)
-    ra = weighted_bc(a, obs, act, torch.ones(len(obs)), **BC, generator=torch.Generator().manual_seed(1))
-    rb = weighted_bc(b, obs, act, None, **BC, generator=torch.Generator().manual_seed(1))
+    ra = weighted_bc(a, data(obs, act), torch.ones(len(obs)), **BC, stopping=RULE, generator=torch.Generator().manual_seed(1))
+    rb = weighted_bc(b, data(obs, act), None, **BC, stopping=RULE, generator=torch.Generator().manual_seed(1))
     assert ra["val_losses"] == rb["val_losses"]
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
 
 
-def test_sets_the_obs_normalizer_and_leaves_the_log_std_alone():
+def test_fixed_steps_no_holdout_drop_the_last_partial_batch():
+    """BREMEN: exactly `steps` Adam steps of full batches (model/policies.py:143-168; a pass over
+    100 rows with batch 64 is one step, the 36 left over are dropped, data_collection.py:84-86)."""
+    obs, act = two_experts(n=50)                          # 100 rows
+    policy = make_policy()
+    scalars = Scalars()
+    res = weighted_bc(policy, data(obs, act), None, **BC, steps=7, generator=torch.Generator().manual_seed(0),
+                      scalars=scalars)
+    assert res["steps"] == 7 and res["epochs"] == 7 and res["val_losses"] == [] and res["best_val_loss"] is None
+    assert [r["step"] for r in scalars.rows if r["name"] == "bc_loss"] == list(range(1, 8))
+    with pytest.raises(ValueError, match="exactly one"):
+        weighted_bc(policy, data(obs, act), None, **BC, steps=7, stopping=RULE, generator=None)
+
+
+def test_normalizer_accumulates_every_cloned_batch_with_a_variance_floor():
+    """BREMEN's RunningStats (misc_utils.py:94-101): mean of all states cloned so far,
+    std = sqrt(max(E[s^2] - mean^2, 1e-2) + 1e-6). BREMEN clones B(i) alone, but the moments are
+    those of B(1..i): here the first batch's states set it although only the second is cloned."""
+    first = np.array([[0.0, 5.0, 1.0], [2.0, 5.0, 1.0]], np.float32)
+    second = np.array([[4.0, 5.0, 1.05], [6.0, 5.0, 1.05]], np.float32)
+    all_obs = np.concatenate([first, second])
+    mean, std = normalizer_moments(all_obs, 1e-2)
+    np.testing.assert_allclose(mean, [3.0, 5.0, 1.025])
+    # dim 0: var 5; dim 1: constant, floored at 1e-2; dim 2: var 6.25e-4 < 1e-2, floored
+    np.testing.assert_allclose(std, np.sqrt(np.array([5.0, 1e-2, 1e-2]) + 1e-6), rtol=1e-6)
+    policy = make_policy()
+    cfg = {"bc": {"lr": 1e-2, "batch_size": 2, "steps": 1, "obs_normalizer": "all_batches", "obs_var_floor": 1e-2,
+                  "patience": 3, "max_epochs": 5}}
+    clone_policy(policy, {"obs": second, "act": np.zeros((2, 2), np.float32)}, cfg, torch.Generator().manual_seed(0),
+                 all_obs=all_obs)
+    np.testing.assert_allclose(policy.obs_mean.numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(policy.obs_std.numpy(), std, rtol=1e-6)
+    # the old rule: the cloned states' own mean and std, no floor
+    cfg["bc"]["obs_normalizer"] = "cloned_data"
+    clone_policy(policy, {"obs": second, "act": np.zeros((2, 2), np.float32)}, cfg, torch.Generator().manual_seed(0),
+                 all_obs=all_obs)
+    np.testing.assert_allclose(policy.obs_mean.numpy(), second.mean(0), rtol=1e-6)
+    assert policy.obs_std[0].item() == pytest.approx(np.std(second[:, 0], ddof=1), rel=1e-6)
+
+
+def test_mean_only_with_a_global_log_std():
     obs, act = two_experts(n=100)
     policy = make_policy()
-    weighted_bc(policy, obs, act, None, **{**BC, "max_epochs": 2}, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(policy.obs_mean, obs.mean(0))
-    assert torch.allclose(policy.obs_std, obs.std(0))
+    weighted_bc(policy, data(obs, act), None, **BC, steps=3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(policy.log_std.detach(), torch.full((2,), -0.7))
+
+
+def test_state_dependent_log_std_is_cloned_on_sampled_actions_and_shrinks():
+    """BREMEN's _get_bc_loss (model/policies.py:136-141): the error of mean + std(s) * eps, which
+    pushes std(s) towards its lower bound; every parameter is trained."""
+    obs, act = two_experts(n=100)
+    act = act[:100]                                           # one expert: a deterministic target
+    policy = make_policy(log_std="state_dependent")
+    before = policy.distribution(obs[:100])[1].mean().item()
+    weighted_bc(policy, data(obs[:100], act), None, lr=1e-2, batch_size=64, steps=300,
+                generator=torch.Generator().manual_seed(0))
+    after = policy.distribution(obs[:100])[1].mean().item()
+    assert after < before - 1.0
 
 
 def test_early_stopping_restores_the_best_weights():
@@ -65,13 +126,14 @@ def test_early_stopping_restores_the_best_weights():
     obs = torch.randn(200, 3, generator=gen)
     act = 0.8 * torch.rand(200, 2, generator=gen) - 0.4   # pure noise: the validation loss soon rises
     policy = make_policy()
-    result = weighted_bc(policy, obs, act, None, lr=3e-2, batch_size=16, holdout=0.15, patience=3,
-                         max_epochs=100, generator=torch.Generator().manual_seed(5))
-    assert result["stopped_early"]
+    train, hold = data(obs[:170], act[:170]), data(obs[170:], act[170:])
+    result = weighted_bc(policy, train, None, lr=3e-2, batch_size=16, holdout=hold,
+                         stopping=StoppingRule(patience=3, max_epochs=100, keep="best"),
+                         generator=torch.Generator().manual_seed(5))
+    assert result["epochs"] < 100
     assert result["val_losses"][-1] > result["best_val_loss"]
-    _, val_idx = holdout_split(len(obs), 0.15, torch.Generator().manual_seed(5))  # the same split
     with torch.no_grad():
-        restored = bc_loss(policy, obs[val_idx], act[val_idx], torch.ones(len(val_idx)))
+        restored = bc_loss(policy, obs[170:], act[170:], torch.ones(30))
     assert float(restored) == pytest.approx(result["best_val_loss"], rel=1e-6)
 
 
@@ -79,4 +141,4 @@ def test_non_finite_loss_names_the_phase():
     obs, act = two_experts(n=50)
     act[3, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="phase=bc"):
-        weighted_bc(make_policy(), obs, act, None, **BC, generator=torch.Generator().manual_seed(0))
+        weighted_bc(make_policy(), data(obs, act), None, **BC, stopping=RULE, generator=torch.Generator().manual_seed(0))

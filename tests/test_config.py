@@ -1,7 +1,16 @@
 """Profiles resolve to one config per run; bad keys and values are rejected before any work."""
-import pytest
+import copy
+import subprocess
+import sys
+from pathlib import Path
 
-from algos.config import ConfigError, load_profile, resolve_run_config
+import pytest
+import yaml
+
+import algos.config as config_module
+from algos.config import ConfigError, check_run_config, config_hash, load_profile, resolve_run_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_paper_profile_holds_table2_and_the_section4_grid():
@@ -46,6 +55,12 @@ def test_set_overrides_a_key_with_type_coercion():
     ("dynamics.holdout=1.5", "must lie in (0, 1]"),
     ("trpo.delta", "must look like key=value"),
     ("device=tpu", "device='tpu' is not valid"),
+    ("trpo.delta=nan", "trpo.delta=nan must be a finite number"),
+    ("trpo.delta=.inf", "trpo.delta=inf must be a finite number"),
+    ("trpo.delta=1e400", "trpo.delta=inf must be a finite number"),            # YAML reads 1e400 as inf
+    ("mopo.target_entropy=-.inf", "must be a finite number"),
+    ("trpo.delta={a: 1}", "trpo.delta must be float (like 0.05), got the mapping {'a': 1}"),
+    ("dynamics.hidden=[32, {a: 1}]", "dynamics.hidden[1] must be int"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=None) as err:
@@ -64,3 +79,77 @@ def test_bad_run_arguments_are_named(args, message):
     with pytest.raises(ConfigError) as err:
         resolve_run_config(*args)
     assert message in str(err.value)
+
+
+def test_every_leaf_of_a_profile_is_typed_and_known(tmp_path, monkeypatch):
+    """A profile file (here a user's own, config/mine.yaml) is checked against paper.yaml's keys."""
+    for name in ("paper.yaml", "smoke.yaml"):
+        (tmp_path / name).write_text((config_module.CONFIG_DIR / name).read_text())
+    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    (tmp_path / "mine.yaml").write_text("run:\n  defaults:\n    deployments: 3\n")
+    assert resolve_run_config("mine", "musbo", "halfcheetah", "500k", 0)["deployments"] == 3
+    assert load_profile("mine")["profile"] == "mine"
+    (tmp_path / "mine.yaml").write_text("run:\n  defaults:\n    trpo: {detla: 0.1}\n")
+    with pytest.raises(ConfigError, match="in run.defaults of profile mine: unknown config key 'trpo.detla'"):
+        resolve_run_config("mine", "musbo", "halfcheetah", "500k", 0)
+    (tmp_path / "mine.yaml").write_text("run:\n  defaults:\n    trpo: {delta: {a: 1}}\n")
+    with pytest.raises(ConfigError, match="trpo.delta must be float"):
+        resolve_run_config("mine", "musbo", "halfcheetah", "500k", 0)
+    (tmp_path / "mine.yaml").write_text("profile: other\n")
+    with pytest.raises(ConfigError, match="profile key must be its file name"):
+        load_profile("mine")
+    with pytest.raises(ConfigError, match=f"unknown profile 'nope': {tmp_path / 'nope.yaml'} does not exist"):
+        load_profile("nope")
+
+
+def test_a_workflow_config_replaces_the_profile_files():
+    merged = load_profile("smoke")
+    merged["run"]["defaults"]["trpo"]["cg_iters"] = 7                        # a --configfile / --config edit
+    cfg = resolve_run_config("smoke", "bremen", "hopper", "500k", 0, workflow_config=merged)
+    assert cfg["trpo"]["cg_iters"] == 7
+    assert cfg["trpo"]["iterations"] == 2 and cfg["profile"] == "smoke"     # the rest as smoke.yaml
+    assert config_hash(cfg) != config_hash(resolve_run_config("smoke", "bremen", "hopper", "500k", 0))
+    typo = copy.deepcopy(merged)
+    typo["run"]["defaults"]["dynamics"]["lrr"] = 0.1
+    with pytest.raises(ConfigError, match="in run.defaults of the workflow config .*'dynamics.lrr'; did you mean 'dynamics.lr'"):
+        resolve_run_config("smoke", "bremen", "hopper", "500k", 0, workflow_config=typo)
+    with pytest.raises(ConfigError, match="the workflow config is profile 'smoke', not 'mini'"):
+        resolve_run_config("mini", "bremen", "hopper", "500k", 0, workflow_config=merged)
+
+
+def test_config_hash_is_the_sha256_of_the_canonical_json():
+    import hashlib
+    import json
+    cfg = resolve_run_config("smoke", "bremen", "hopper", "500k", 0)
+    assert config_hash(cfg) == hashlib.sha256(json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert config_hash(dict(reversed(list(cfg.items())))) == config_hash(cfg)   # key order does not matter
+    assert config_hash({**cfg, "seed": 1}) != config_hash(cfg)
+
+
+def test_a_run_config_read_back_is_validated_completely():
+    cfg = resolve_run_config("smoke", "bremen", "hopper", "500k", 0, ["trpo.delta=0.2"])
+    assert check_run_config(yaml.safe_load(yaml.safe_dump(cfg))) == cfg
+    for edit, message in [
+        (lambda c: c["trpo"].update(delta=float("nan")), "trpo.delta=nan must be a finite number"),
+        (lambda c: c["trpo"].pop("delta"), "missing config key(s) trpo.delta"),
+        (lambda c: c.update(batch_size=7), "batch_size=7 but budget_samples.500k / deployments gives"),
+        (lambda c: c.pop("seed"), "missing run key(s) seed"),
+        (lambda c: c.update(extra=1), "unknown config key 'extra'"),
+    ]:
+        bad = copy.deepcopy(cfg)
+        edit(bad)
+        with pytest.raises(ConfigError) as err:
+            check_run_config(bad)
+        assert message in str(err.value)
+
+
+def test_write_run_config_cli_takes_several_sets_after_one_flag(tmp_path):
+    out = tmp_path / "run.yaml"
+    proc = subprocess.run([sys.executable, "-m", "algos.config", "write-run-config", "--out", str(out), "--profile",
+                           "smoke", "--algo", "bremen", "--env", "hopper", "--budget", "500k", "--seed", "2",
+                           "--set", "trpo.delta=0.2", "bc.lr=1e-3", "--set", "gamma=0.9"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg == resolve_run_config("smoke", "bremen", "hopper", "500k", 2,
+                                     ["trpo.delta=0.2", "bc.lr=1e-3", "gamma=0.9"])

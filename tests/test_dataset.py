@@ -73,3 +73,28 @@ def test_add_validates_shapes():
     with pytest.raises(KeyError):
         data.add(missing)
     assert len(data) == 0
+
+
+def test_holdout_is_the_last_15_percent_of_each_batch_fixed_on_arrival():
+    """BREMEN's split (path_collection.py:54-70): the first int(0.85 n) rows of each batch train,
+    the rest validate; a later batch does not move an earlier batch's rows."""
+    import torch
+    data = DeploymentDataset(OBS, ACT)
+    data.add(batch(20, 0))
+    data.add(batch(10, 100), labels=np.linspace(0, 1, 10, dtype=np.float32))
+    train, hold = data.split("batch_tail", 0.15)
+    assert hold["obs"][:, 0].tolist() == [17, 18, 19, 108, 109]       # int(17.0) = 17, int(8.5) = 8
+    assert len(train["obs"]) == 25 and 17 not in train["obs"][:, 0]
+    np.testing.assert_allclose(hold["labels"], [1, 1, 1, 8 / 9, 1])   # labels travel with their rows
+    data.add(batch(40, 1000))
+    _, hold = data.split("batch_tail", 0.15)
+    assert hold["obs"][:5, 0].tolist() == [17, 18, 19, 108, 109] and hold["obs"][5:, 0].tolist() == list(range(1034, 1040))
+    _, newest = data.split("batch_tail", 0.15, newest_only=True)
+    assert newest["obs"][:, 0].tolist() == list(range(1034, 1040))
+    # the old split: a random share of D_all, capped, redrawn per call from the generator
+    tr, ho = data.split("random", 0.2, torch.Generator().manual_seed(0), holdout_max=5)
+    assert len(ho["obs"]) == 5 and len(tr["obs"]) == 65
+    _, again = data.split("random", 0.2, torch.Generator().manual_seed(0), holdout_max=5)
+    np.testing.assert_array_equal(again["obs"], ho["obs"])
+    with pytest.raises(ValueError, match="batch_tail"):
+        data.split("tail", 0.15)

@@ -1,5 +1,7 @@
 """algos/core/ensemble.py: the batched layer, the Gaussian head (eq. 10, MOPO's bounds), the
-dynamics ensemble's fit (eq. 8, early stopping, best-weight restore, elites) and predict."""
+dynamics ensemble trained by algos/core/training.py's ModelTrainer (eq. 8, early stopping,
+best-weight restore, elites, raw targets) and predict. The stopping rules, the L2 forms and the
+bootstrap are pinned in tests/test_training.py."""
 import copy
 import math
 
@@ -10,6 +12,7 @@ from torch.nn import functional as F
 
 from algos.core.ensemble import (DynamicsEnsemble, EnsembleLinear, EnsembleMLP, Normalizer,
                                  gaussian_nll, soft_clamp_logvar)
+from algos.core.training import ModelTrainer, StoppingRule
 
 OBS, ACT = 3, 2
 
@@ -31,6 +34,26 @@ def model(seed=0, **kw):
     torch.manual_seed(seed)
     kw = {"members": 3, "hidden": [32, 32], **kw}
     return DynamicsEnsemble(OBS, ACT, **kw)
+
+
+def fit(m, obs, act, nxt, rew=None, *, lr=1e-3, batch_size=64, holdout=0.15, holdout_max=None, max_epochs=3,
+        patience=100, min_improvement=0.0, weight_decay=0.0, bound_penalty=0.0, n_elites=None, seed=0,
+        refit_normalizers=True):
+    """ModelTrainer on a random holdout drawn from gen(seed); the result gains "holdout_idx"."""
+    data = {"obs": np.asarray(obs), "act": np.asarray(act), "next_obs": np.asarray(nxt)}
+    if rew is not None:
+        data["rew"] = np.asarray(rew)
+    n = len(data["obs"])
+    g = gen(seed)
+    perm = torch.randperm(n, generator=g).numpy()
+    n_hold = int(holdout * n) if holdout_max is None else min(int(holdout * n), holdout_max)
+    train = {k: v[perm[n_hold:]] for k, v in data.items()}
+    hold = {k: v[perm[:n_hold]] for k, v in data.items()}
+    rule = StoppingRule(patience=patience, max_epochs=max_epochs, min_improvement=min_improvement, keep="best")
+    trainer = ModelTrainer(lr=lr, batch_size=batch_size, weight_decay=weight_decay, bound_penalty=bound_penalty,
+                           refit_normalizers=refit_normalizers)
+    res = trainer.fit(m, train, hold, rule, g, n_elites=n_elites)
+    return {**res, "holdout_idx": perm[:n_hold]}
 
 
 def holdout_mse(m, obs, act, nxt, idx):
@@ -113,8 +136,8 @@ def test_bound_penalty_is_in_the_loss():
     widths = {}
     for penalty in (0.0, 5.0):
         m = copy.deepcopy(base)
-        m.fit(obs, act, nxt, lr=1e-2, batch_size=64, max_epochs=2, patience=10, bound_penalty=penalty,
-              improvement_threshold=-1e9, generator=gen())            # every epoch "improves": no restore
+        fit(m, obs, act, nxt, lr=1e-2, batch_size=64, max_epochs=2, patience=10, bound_penalty=penalty,
+            min_improvement=-1e9)            # every epoch "improves": the last weights are kept
         widths[penalty] = (m.net.max_logvar.sum() - m.net.min_logvar.sum()).item()
     assert widths[5.0] < widths[0.0] - 0.1
 
@@ -137,23 +160,22 @@ def test_weight_decay_applied_in_fit():
     norms = {}
     for wd in (0.0, 1.0):
         m = copy.deepcopy(base)
-        m.fit(obs, act, obs, lr=1e-2, batch_size=64, max_epochs=3, patience=10, weight_decay=[0.0, 0.0, wd],
-              improvement_threshold=-1e9, generator=gen())
+        fit(m, obs, act, obs, lr=1e-2, batch_size=64, max_epochs=3, patience=10, weight_decay=[0.0, 0.0, wd],
+            min_improvement=-1e9)
         norms[wd] = (m.net.layers[-1].weight.norm().item(), m.net.layers[0].weight.norm().item())
     assert norms[1.0][0] < 0.9 * norms[0.0][0]
 
 
-# ---- fit --------------------------------------------------------------------------------------
+# ---- trained by ModelTrainer --------------------------------------------------------------------
 def test_deterministic_fit_learns():
     """Eq. 8: the validation MSE drops well below its starting value."""
     obs, act, nxt = toy_data(800)
     m = model()
-    res = m.fit(obs, act, nxt, lr=3e-3, batch_size=32, holdout=0.15, max_epochs=5, patience=100,
-                generator=gen())
+    res = fit(m, obs, act, nxt, lr=3e-3, batch_size=32, holdout=0.15, max_epochs=5)
     val = np.array(res["val_loss"])
-    assert res["epochs"] == 5 and len(res["train_loss"]) == 5 and val.shape == (6, 3)
+    assert res["epochs"] == 5 and len(res["train_loss"]) == 5 and val.shape == (5, 3)
     assert res["n_holdout"] == 120 and len(res["holdout_idx"]) == 120
-    assert max(res["best_val"]) < 0.2 * val[0].min()
+    assert max(res["best_val"]) < 0.5 * val[0].min()           # val[0]: after the first epoch
     assert res["train_loss"][-1] < 0.2 * res["train_loss"][0]
 
 
@@ -164,30 +186,30 @@ def test_fit_restores_each_members_best_weights():
     obs, act = torch.randn(60, OBS, generator=g), torch.randn(60, ACT, generator=g)
     nxt = obs + torch.randn(60, OBS, generator=g)
     m = model(hidden=[64, 64])
-    res = m.fit(obs, act, nxt, lr=1e-2, batch_size=16, holdout=0.3, max_epochs=15, patience=100,
-                generator=gen())
+    res = fit(m, obs, act, nxt, lr=1e-2, batch_size=16, holdout=0.3, max_epochs=15)
     val = np.array(res["val_loss"])
     np.testing.assert_allclose(res["best_val"], val.min(0), rtol=1e-6)
     assert (val[-1] > 1.05 * val.min(0)).all(), "the setting must overfit"
     now = holdout_mse(m, obs, act, nxt, res["holdout_idx"])
     np.testing.assert_allclose(now.numpy(), res["best_val"], rtol=1e-4)
-    assert res["best_epoch"] == list(val.argmin(0))
+    assert res["best_epoch"] == list(val.argmin(0) + 1)
 
 
 def test_early_stopping_patience_and_threshold():
     obs, act, nxt = toy_data(300)
     base = model()
-    # lr = 0: no member ever improves -> stop after `patience` epochs, weights untouched
+    # lr = 0: only the first validation improves (the best starts at +inf) -> stop `patience`
+    # epochs later, weights untouched
     m = copy.deepcopy(base)
-    res = m.fit(obs, act, nxt, lr=0.0, batch_size=64, patience=2, max_epochs=50, generator=gen())
-    assert res["epochs"] == 2
+    res = fit(m, obs, act, nxt, lr=0.0, batch_size=64, patience=2, max_epochs=50)
+    assert res["epochs"] == 3
     for p, q in zip(m.net.parameters(), base.net.parameters()):
         torch.testing.assert_close(p, q)
     # a small lr improves every epoch, but never by 50 %: the relative threshold decides
-    runs = {thr: copy.deepcopy(base).fit(obs, act, nxt, lr=1e-4, batch_size=64, patience=2, max_epochs=6,
-                                         improvement_threshold=thr, generator=gen())["epochs"]
+    runs = {thr: fit(copy.deepcopy(base), obs, act, nxt, lr=1e-4, batch_size=64, patience=2, max_epochs=6,
+                     min_improvement=thr)["epochs"]
             for thr in (0.0, 0.5)}
-    assert runs == {0.0: 6, 0.5: 2}
+    assert runs == {0.0: 6, 0.5: 3}
 
 
 def test_elites_are_lowest_validation_members():
@@ -196,7 +218,7 @@ def test_elites_are_lowest_validation_members():
     with torch.no_grad():                                       # handicap members 1 and 3
         for k in (1, 3):
             m.net.layers[-1].weight[k] *= 50
-    res = m.fit(obs, act, nxt, lr=1e-3, batch_size=64, max_epochs=2, patience=5, n_elites=3, generator=gen())
+    res = fit(m, obs, act, nxt, lr=1e-3, batch_size=64, max_epochs=2, patience=5, n_elites=3)
     val = holdout_mse(m, obs, act, nxt, res["holdout_idx"])
     assert set(m.elites.tolist()) == set(torch.argsort(val)[:3].tolist()) == set(res["elites"])
     assert not {1, 3} & set(res["elites"])
@@ -208,9 +230,8 @@ def test_probabilistic_reward_target_fit_and_holdout_max():
     obs, act, nxt = toy_data(500)
     rew = obs[:, 0] - 0.1 * act.square().sum(1)
     m = model(probabilistic=True, reward_target=True, learn_logvar_bounds=True, activation="swish")
-    res = m.fit(obs, act, nxt, rew, lr=3e-3, batch_size=64, holdout=0.2, holdout_max=50, max_epochs=10,
-                patience=5, improvement_threshold=0.01, weight_decay=[2.5e-5, 5e-5, 1e-4], bound_penalty=0.01,
-                generator=gen())
+    res = fit(m, obs, act, nxt, rew, lr=3e-3, batch_size=64, holdout=0.2, holdout_max=50, max_epochs=10,
+              patience=6, min_improvement=0.01, weight_decay=[2.5e-5, 5e-5, 1e-4], bound_penalty=0.01)
     assert res["n_holdout"] == 50
     assert res["train_loss"][-1] < res["train_loss"][0]
     pred = m.predict(obs[:7], act[:7])
@@ -224,25 +245,25 @@ def test_non_finite_loss_raises():
     obs, act, nxt = toy_data(100)
     nxt[5, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="phase=model"):
-        model().fit(obs, act, nxt, lr=1e-3, batch_size=32, max_epochs=2, generator=gen())
+        fit(model(), obs, act, nxt, lr=1e-3, batch_size=32, max_epochs=2)
 
 
 def test_fit_is_reproducible_with_the_generator():
     obs, act, nxt = toy_data(200)
     a, b = model(), model()
-    ra = a.fit(obs, act, nxt, lr=1e-3, batch_size=32, max_epochs=2, generator=gen(3))
-    rb = b.fit(obs.numpy(), act.numpy(), nxt.numpy(), lr=1e-3, batch_size=32, max_epochs=2, generator=gen(3))
+    ra = fit(a, obs, act, nxt, lr=1e-3, batch_size=32, max_epochs=2, seed=3)
+    rb = fit(b, obs.numpy(), act.numpy(), nxt.numpy(), lr=1e-3, batch_size=32, max_epochs=2, seed=3)
     assert ra["val_loss"] == rb["val_loss"]
 
 
 def test_warm_start_refit_normalizers_flag():
     obs, act, nxt = toy_data(300)
     m = model()
-    m.fit(obs, act, nxt, lr=1e-3, batch_size=64, max_epochs=1, generator=gen())
+    fit(m, obs, act, nxt, max_epochs=1)
     stats = m.input_norm.mean.clone()
-    m.fit(obs + 5, act, nxt + 5, lr=1e-3, batch_size=64, max_epochs=1, refit_normalizers=False, generator=gen())
+    fit(m, obs + 5, act, nxt + 5, max_epochs=1, refit_normalizers=False)
     torch.testing.assert_close(m.input_norm.mean, stats)
-    m.fit(obs + 5, act, nxt + 5, lr=1e-3, batch_size=64, max_epochs=1, generator=gen())
+    fit(m, obs + 5, act, nxt + 5, max_epochs=1)
     assert m.input_norm.mean[0] == pytest.approx(stats[0].item() + 5, abs=1e-4)
 
 
@@ -271,8 +292,8 @@ def test_normalised_delta_targets_round_trip():
     obs, act, nxt = toy_data(200)
     rew = obs[:, 1] * 2 + 3
     m = model(reward_target=True)
-    res = m.fit(obs, act, nxt, rew, lr=0.0, batch_size=64, max_epochs=1, patience=1, generator=gen())
-    delta = nxt - obs
+    res = fit(m, obs, act, nxt, rew, lr=0.0, batch_size=64, max_epochs=1, patience=1, holdout=0.0)
+    delta = nxt - obs       # holdout 0: the statistics are those of all rows (the training split)
     torch.testing.assert_close(m.target_norm.mean, torch.cat([delta.mean(0), rew.mean().view(1)]))
     torch.testing.assert_close(m.target_norm.std, torch.cat([delta.std(0, unbiased=False),
                                                              rew.std(unbiased=False).view(1)]))
@@ -298,7 +319,7 @@ def test_normalizer_round_trip_and_constant_dims():
 def test_predict_trajectory_open_loop_replay():
     obs, act, nxt = toy_data(100)
     m = model()
-    m.fit(obs, act, nxt, lr=1e-3, batch_size=32, max_epochs=1, generator=gen())
+    fit(m, obs, act, nxt, batch_size=32, max_epochs=1)
     actions = torch.rand(2, 4, ACT) * 2 - 1
     traj = m.predict_trajectory(obs[:2].numpy(), actions.numpy())
     assert traj.shape == (2, 4, OBS)
@@ -326,7 +347,7 @@ def test_predict_trajectory_clip_obs_keeps_the_replay_in_the_box():
     """Fig. 6 replay with clip_obs=(low, high): every predicted state is clamped, as in training."""
     obs, act, nxt = toy_data(100)
     m = model()
-    m.fit(obs, act, nxt * 3, lr=1e-3, batch_size=32, max_epochs=1, generator=gen())   # an expanding model
+    fit(m, obs, act, nxt * 3, batch_size=32, max_epochs=1)   # an expanding model
     actions = torch.rand(2, 6, ACT) * 2 - 1
     low, high = -0.5 * torch.ones(OBS), 0.5 * torch.ones(OBS)
     traj = m.predict_trajectory(obs[:2], actions, clip_obs=(low.numpy(), high.numpy()))
@@ -342,8 +363,8 @@ def test_numpy_next_obs_means_equal_predict(kw):
     m = model(**kw)
     obs, act, nxt = toy_data(200)
     rew = torch.randn(200)
-    m.fit(obs * 3 + 1, act, nxt * 3 + 1, rew if kw.get("reward_target") else None, max_epochs=2,
-          generator=gen())  # normalisers far from (0, 1), so a missed fold would show
+    fit(m, obs * 3 + 1, act, nxt * 3 + 1, rew if kw.get("reward_target") else None,
+        max_epochs=2)  # normalisers far from (0, 1), so a missed fold would show
     snapshot = m.numpy_next_obs_means()
     expected = m.predict(obs[:7] * 3 + 1, act[:7]).next_obs.numpy()
     got = snapshot((obs[:7] * 3 + 1).numpy(), act[:7].numpy())
@@ -359,7 +380,7 @@ def test_blocked_inference_equals_one_block(probabilistic, monkeypatch):
     """No-grad predict runs in blocks of INFERENCE_ROWS rows; the result must not depend on it."""
     m = model(probabilistic=probabilistic)
     obs, act, nxt = toy_data(700)
-    m.fit(obs, act, nxt, max_epochs=1, generator=gen())
+    fit(m, obs, act, nxt, max_epochs=1)
     members = torch.arange(700) % 3
     with torch.no_grad():
         monkeypatch.setattr(DynamicsEnsemble, "INFERENCE_ROWS", 64)   # 11 blocks, the last one short

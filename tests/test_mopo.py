@@ -249,3 +249,78 @@ def test_mopo_on_the_real_env_with_the_collector():
                             max_episode_steps=50))
         algo.train(dataset, deployment, Timer())
     assert np.isfinite(algo.eval_policy()(dataset.all()["obs"][:3])).all()
+
+
+# ---------------------------------------------------------------- the model fit (MOPO's official code)
+def raw_model_fit(target_space, scale=10.0):
+    """MOPO's model on targets ~10x their natural scale, trained 2 epochs; returns the model, the
+    holdout dict and the trainer's result."""
+    from algos.core.training import ModelTrainer, StoppingRule
+    algo = MOPO(ENV, tiny_cfg(target_space=target_space), OBS, ACT, torch.device("cpu"), seed=0)
+    batch = fake_collect(None, 300, seed=1)
+    batch["next_obs"] = batch["obs"] + scale * (batch["next_obs"] - batch["obs"])
+    batch["rew"] = scale * batch["rew"]
+    train = {k: v[:250] for k, v in batch.items()}
+    hold = {k: v[250:] for k, v in batch.items()}
+    res = ModelTrainer(lr=1e-3, batch_size=64).fit(algo.model, train, hold, StoppingRule(patience=9, max_epochs=2),
+                                                   torch.Generator().manual_seed(0))
+    return algo.model, hold, res
+
+
+def test_model_predicts_raw_targets_holdout_mse_and_nll_in_raw_units():
+    """mopo/models/constructor.py:46-54 and bnn.py:403: only the inputs are standardised; the
+    targets [r, delta s] stay raw, so the holdout MSE (elites, stopping) and the NLL are in raw units."""
+    from algos.core.ensemble import gaussian_nll
+    model, hold, res = raw_model_fit("raw")
+    torch.testing.assert_close(model.target_norm.mean, torch.zeros(OBS + 1))   # the identity
+    torch.testing.assert_close(model.target_norm.std, torch.ones(OBS + 1))
+    pred = model.predict(hold["obs"], hold["act"])
+    raw = torch.cat([pred.next_obs - torch.as_tensor(hold["obs"]), pred.reward.unsqueeze(-1)], -1)
+    target = torch.cat([torch.as_tensor(hold["next_obs"] - hold["obs"]), torch.as_tensor(hold["rew"]).view(-1, 1)], -1)
+    mse_raw = (raw - target).square().mean(dim=(1, 2))
+    np.testing.assert_allclose(res["final_val"], mse_raw.numpy(), rtol=1e-4)
+    # the NLL the trainer minimises is eq. 10 on the raw targets, and predict's std is exp(logvar / 2)
+    x = model.input_norm.normalize(torch.cat([torch.as_tensor(hold["obs"]), torch.as_tensor(hold["act"])], -1))
+    xb = x.expand(model.members, -1, -1)
+    with torch.no_grad():
+        mean, logvar = model.net(xb)
+        torch.testing.assert_close(model.data_loss(xb, target.expand(model.members, -1, -1)),
+                                   gaussian_nll(mean, logvar, target.expand(model.members, -1, -1)))
+    torch.testing.assert_close(pred.next_obs_std, torch.exp(0.5 * logvar[..., :OBS]))
+    # the old switch standardises the targets: its holdout MSE is in standardised units instead
+    model_std, hold, res_std = raw_model_fit("standardized")
+    assert model_std.target_norm.std.max() > 1.5
+    pred = model_std.predict(hold["obs"], hold["act"])
+    raw = torch.cat([pred.next_obs - torch.as_tensor(hold["obs"]), pred.reward.unsqueeze(-1)], -1)
+    mse_std = ((raw - target) / model_std.target_norm.std).square().mean(dim=(1, 2))
+    np.testing.assert_allclose(res_std["final_val"], mse_std.numpy(), rtol=1e-4)
+
+
+def test_stopping_rule_and_bootstrap_follow_mopos_code(monkeypatch):
+    from algos.config import resolve_run_config
+    from algos.core import training
+    cfg = resolve_run_config("paper", "mopo", "hopper", "500k", 0, [])
+    algo = MOPO("hopper", cfg, 11, 3, torch.device("cpu"), seed=0)
+    assert algo.model_stopping() == training.MOPO_STOPPING          # patience 6, 1 %, no cap, best weights
+    assert cfg["mopo"]["bootstrap"] and cfg["mopo"]["target_space"] == "raw"
+    seen = []
+    real = training.member_rows
+    monkeypatch.setattr(training, "member_rows", lambda m, n, b, g: seen.append((m, n, b)) or real(m, n, b, g))
+    algo, dataset, _ = run_two_deployments(tiny_cfg())
+    n_hold = [min(int(0.2 * n), 1000) for n in (200, 400)]
+    assert seen == [(4, 200 - n_hold[0], True), (4, 400 - n_hold[1], True)]   # 4 members (tiny_cfg)
+
+
+def test_diagnostics_model_penalty_and_sac():
+    """Issue 14: the model's holdout MSE per member, the penalty of each rollout (mean, max) and
+    SAC's losses and alpha per rollout interval."""
+    algo, _, _ = run_two_deployments(tiny_cfg())
+    rows = algo.scalars.rows
+    names = {(r["phase"], r["name"]) for r in rows}
+    assert {("mopo_model", f"holdout_mse_m{k}") for k in range(4)} <= names
+    assert {("mopo_rollout", "penalty_mean"), ("mopo_rollout", "penalty_max"), ("sac", "q_loss"),
+            ("sac", "policy_loss"), ("sac", "alpha")} <= names
+    means = [r["value"] for r in rows if r["name"] == "penalty_mean"]
+    maxes = [r["value"] for r in rows if r["name"] == "penalty_max"]
+    assert len(means) == 2 * math.ceil(25 / 10) and all(0 < a <= b for a, b in zip(means, maxes))
+    assert [r["step"] for r in rows if r["name"] == "q_loss"][:3] == [10, 20, 25]

@@ -58,6 +58,47 @@ def test_eq9_typeset_reading_takes_the_best_member():
     np.testing.assert_allclose(algo.label_batch(batch_with_next_obs_equal_obs(), 2), 1 - 0.01, rtol=1e-6)
 
 
+def unit_std_but_dim0(algo, std0):
+    """The labeler's target std: 1 on every state dim but dim 0 (where the fake members differ)."""
+    algo.labeler.target_norm.std.fill_(1.0)
+    algo.labeler.target_norm.std[0] = std0
+
+
+@pytest.mark.parametrize("reading, expected", [
+    ("raw", 1 - 0.25),                  # max_k error: 0.5^2 in raw units
+    ("std_sum", 1 - 0.25 / 4),          # (0.5 / 2)^2: dim 0's std is 2
+    ("std_mean", 1 - 0.25 / 4 / OBS),   # averaged over the 17 state dims
+])
+def test_eq9_distance_readings(reading, expected):
+    algo = make(f"musbo.eq9_distance={reading}")
+    fake_labeler(algo, [0.1, 0.5, 0.3])
+    unit_std_but_dim0(algo, 2.0)
+    labels = algo.label_batch(batch_with_next_obs_equal_obs(), 2)
+    np.testing.assert_allclose(labels, expected, rtol=1e-6)
+    recorded = {r["name"]: r["value"] for r in algo.scalars.rows if r["phase"] == "labels"}
+    assert recorded["eq9_mean"] == pytest.approx(expected, rel=1e-6) and recorded["eq9_share_at_0"] == 0.0
+
+
+@pytest.mark.parametrize("reading, distance", [("raw", 1.0), ("std_sum", 0.25), ("std_mean", 0.25 / OBS)])
+def test_eq12_distance_readings(reading, distance):
+    algo = make(f"musbo.eq12_distance={reading}")
+    fake_labeler(algo, [0.0, 1.0])                # members differ by 1 on dim 0, whose std is 2
+    unit_std_but_dim0(algo, 2.0)
+    labels = algo.imagined_labels(torch.zeros(10, OBS), torch.zeros(10, ACT), torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(labels.numpy(), np.exp(-0.028 * distance), rtol=1e-6)
+
+
+def test_label_distance_numpy_and_torch_agree():
+    diff = np.array([[3.0, 4.0], [1.0, -1.0]])
+    inv_std = np.array([1.0, 0.5])
+    for reading, expected in [("raw", [25.0, 2.0]), ("std_sum", [13.0, 1.25]), ("std_mean", [6.5, 0.625])]:
+        np.testing.assert_allclose(musbo_module.label_distance(diff, reading, inv_std), expected)
+        np.testing.assert_allclose(musbo_module.label_distance(torch.tensor(diff), reading, torch.tensor(inv_std)).numpy(),
+                                   expected)
+    with pytest.raises(ValueError, match="choose raw, std_sum or std_mean"):
+        musbo_module.label_distance(diff, "normalized", inv_std)
+
+
 def test_eq12_is_the_disagreement_of_two_different_members():
     algo = make()
     fake_labeler(algo, [0.0, 1.0])                # K = 2: k != l forces the pair (0, 1)
@@ -75,9 +116,12 @@ def test_eq12_is_the_disagreement_of_two_different_members():
     ("eq22", 0.5, np.hypot(0.01, 0.5)),           # sigma = U: more noise where U is high (as written)
     ("one_minus_u", 0.9, np.hypot(0.01, 0.1)),    # sigma = 1 - U
     ("none", 0.5, 0.01),                          # only the constant noise eps_c
+    ("eq22/variance", 0.25, np.hypot(0.01, 0.5)),     # the text: variance = U, std = sqrt(0.25)
+    ("one_minus_u/variance", 0.75, np.hypot(0.01, 0.5)),
 ])
 def test_eq22_exploration_noise(mode, u, expected_std):
-    algo = make(f"musbo.exploration_noise={mode}")
+    mode, _, reading = mode.partition("/")
+    algo = make(f"musbo.exploration_noise={mode}", f"musbo.eq22_reading={reading or 'sigma'}")
     algo.labeler_ready = True
     policy = algo.collection_policy(2)
     policy.labels = lambda obs, act: np.full(len(obs), u)
@@ -86,14 +130,32 @@ def test_eq22_exploration_noise(mode, u, expected_std):
     noise = np.concatenate([policy(obs) - mean for _ in range(4000)])
     np.testing.assert_allclose(noise.std(), expected_std, rtol=0.06)
     assert abs(noise.mean()) < 4 * expected_std / np.sqrt(noise.size)
+    summary = policy.summary()                    # what MUSBO records when the batch arrives
+    expected_noise = 0.0 if mode == "none" else np.sqrt(expected_std ** 2 - 0.01 ** 2)
+    assert summary["eq22_noise_std_mean"] == pytest.approx(expected_noise, rel=1e-6)
     assert algo.collection_policy(1) is None     # deployment 1: uniform random actions
 
 
-@pytest.mark.parametrize("space", ["raw", "normalized"])
+def test_exploration_noise_and_clipping_are_recorded_when_the_batch_arrives():
+    algo = make()
+    fake_labeler(algo, [0.0, 1.0])
+    policy = algo.collection_policy(2)
+    policy.labels = lambda obs, act: np.full(len(obs), 1.0)   # sigma = 1: about 32 % of |N(0, 1)| exceed 1
+    for _ in range(2000):
+        policy(np.zeros((1, OBS), np.float32))
+    algo.label_batch(batch_with_next_obs_equal_obs(), 2)
+    recorded = {r["name"]: r["value"] for r in algo.scalars.rows if r["phase"] == "exploration"}
+    assert recorded["eq22_noise_std_mean"] == pytest.approx(1.0)
+    assert recorded["eq22_clipped_share"] == pytest.approx(0.317, abs=0.03)
+    algo.label_batch(batch_with_next_obs_equal_obs(), 3)      # recorded once, for the batch it produced
+    assert sum(r["phase"] == "exploration" for r in algo.scalars.rows) == 2
+
+
+@pytest.mark.parametrize("space", ["raw", "std_sum", "std_mean"])
 def test_exploration_labels_are_eq12_of_the_labeler(space):
     """The exploration's numpy eq. 12 equals MUSBO.imagined_labels (the torch path of TRPO).
     K = 2 makes the pair (k, l) irrelevant (the distance is symmetric), so the two agree exactly."""
-    algo = make("labeler.members=2", f"musbo.label_space={space}")
+    algo = make("labeler.members=2", f"musbo.eq12_distance={space}")
     batch = collect("halfcheetah", 300, None, seed=1, max_episode_steps=100)
     algo.labeler.fit(batch["obs"], batch["act"], batch["next_obs"], max_epochs=2, generator=torch.Generator().manual_seed(0))
     algo.labeler_ready = True
@@ -108,7 +170,7 @@ def _train_capturing(monkeypatch, algo, dataset):
     seen = {}
     monkeypatch.setattr(musbo_module, "clone_policy", lambda policy, data, weights, cfg, gen: seen.update(bc=weights))
     monkeypatch.setattr(musbo_module, "train_in_model",
-                        lambda *args: seen.update(label_fn=args[-1], member_choice=args[5]))
+                        lambda *args, **kwargs: seen.update(label_fn=args[-1], member_choice=args[5], **kwargs))
     from contextlib import nullcontext
     algo.train(dataset, 2, lambda phase: nullcontext())
     return seen
@@ -128,6 +190,7 @@ def test_eq11_and_eq13_use_the_labels_and_the_switch_removes_them(monkeypatch):
     seen = _train_capturing(monkeypatch, algo, dataset)
     np.testing.assert_array_equal(seen["bc"], dataset.all()["labels"])          # eq. 11 weights = U kept from arrival
     assert seen["label_fn"] is not None and seen["member_choice"] == "per_iteration"   # eq. 12 weights in eq. 13
+    assert seen["scalars"] is algo.scalars        # TRPO records its per-iteration scalars into the run's table
     algo = make("musbo.uncertainty_weighting=false")
     seen = _train_capturing(monkeypatch, algo, small_dataset(algo))
     np.testing.assert_array_equal(seen["bc"], np.ones(600))

@@ -19,7 +19,7 @@ def normal(mean, log_std):
     return Independent(Normal(mean, log_std.exp()), 1)
 
 
-def test_distribution_tanh_mean_state_independent_log_std_clamped():
+def test_distribution_tanh_mean_global_log_std_clamped():
     policy = make_policy(init_log_std=-0.5, min_log_std=-2.0)
     obs = 10 * torch.randn(64, 5)
     mean, log_std = policy.distribution(obs)
@@ -100,10 +100,71 @@ def test_mean_linearization_matches_autograd_jvp_and_vjp():
     def mean_of(*params):
         return functional_call(policy, dict(zip(names, params)), (obs,))[0]
 
-    lin = policy.mean_linearization(obs)
+    lin = policy.linearization(obs)
     _, expected_jv = jvp(mean_of, primals, tangents)
     assert torch.allclose(lin.jvp(list(tangents)), expected_jv, atol=1e-10)
     cotangent = torch.randn(40, 3, dtype=torch.float64)
     expected_vjp = torch.autograd.grad(policy.mean_action(obs), policy.mean_parameters(), cotangent)
     for got, want in zip(lin.vjp(cotangent), expected_vjp):
         assert torch.allclose(got, want, atol=1e-10)
+
+
+# ---------------------------------------------------------------- BREMEN's state-dependent log-std
+def test_state_dependent_log_std_is_the_tanh_bounded_head():
+    """log_std(s) = lo + (hi - lo) (tanh(W h(s) + b) + 1) / 2 (BREMEN model/policies.py:133)."""
+    policy = make_policy(log_std="state_dependent", min_log_std=-5.0, max_log_std=0.0)
+    obs = torch.randn(64, 5)
+    with torch.no_grad():
+        policy.log_std_weight.normal_()      # make the dependence on s visible
+    h = policy.hidden(obs)
+    pre = h @ policy.log_std_weight.T + policy.log_std
+    _, log_std = policy.distribution(obs)
+    assert torch.allclose(log_std, -5.0 + 2.5 * (torch.tanh(pre) + 1.0), atol=1e-6)
+    assert log_std.std(0).min() > 0.01                       # depends on the state
+    with torch.no_grad():
+        policy.log_std.fill_(-100.0)
+        assert torch.allclose(policy.distribution(obs)[1], torch.full((64, 3), -5.0))
+        policy.log_std.fill_(100.0)
+        assert torch.allclose(policy.distribution(obs)[1], torch.zeros(64, 3))
+    fresh = make_policy(log_std="state_dependent")
+    assert (fresh.distribution(obs)[1] + 2.5).abs().max() < 0.1   # starts mid-range, as BREMEN's init
+    assert [p.shape for p in fresh.log_std_parameters()] == [(3, 16), (3,)]
+    with pytest.raises(ValueError, match="policy.log_std"):
+        make_policy(log_std="per_state")
+    with pytest.raises(ValueError, match="clamped_log_std"):
+        fresh.clamped_log_std()
+
+
+def test_state_dependent_linearization_covers_both_heads():
+    policy = make_policy(log_std="state_dependent").double()
+    with torch.no_grad():
+        policy.log_std_weight.normal_()
+    obs = torch.randn(40, 5, dtype=torch.float64)
+    params = policy.trpo_parameters()
+    names = {id(p): n for n, p in policy.named_parameters()}
+    primals = tuple(p.detach() for p in params)
+    tangents = tuple(torch.randn_like(p) for p in primals)
+
+    def outputs_of(*ps):
+        mean, log_std = functional_call(policy, {names[id(p)]: v for p, v in zip(params, ps)}, (obs,))
+        return torch.cat([mean, log_std], 1)
+
+    lin = policy.linearization(obs)
+    _, expected_jv = jvp(outputs_of, primals, tangents)
+    assert torch.allclose(lin.jvp(list(tangents)), expected_jv, atol=1e-10)
+    cotangent = torch.randn(40, 6, dtype=torch.float64)
+    expected_vjp = torch.autograd.grad(outputs_of(*params), params, cotangent)
+    got = lin.vjp(cotangent)
+    assert len(got) == len(params)
+    for g, want in zip(got, expected_vjp):
+        assert torch.allclose(g, want, atol=1e-10)
+
+
+def test_numpy_policy_stochastic_uses_the_state_dependent_std():
+    policy = make_policy(log_std="state_dependent")
+    obs = np.zeros((20000, 5), np.float32)
+    with torch.no_grad():
+        policy.log_std.copy_(torch.tensor([-3.0, 0.0, 3.0]))
+        expected = policy.distribution(torch.as_tensor(obs[:1]))[1].exp().numpy()[0]
+    draws = policy.numpy_policy("stochastic", seed=0, clip=False)(obs)
+    np.testing.assert_allclose(draws.std(0), expected, rtol=0.05)

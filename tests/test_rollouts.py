@@ -1,27 +1,31 @@
-"""algos/core/rollouts.py: batched imagined rollouts (MUSBO step 5, BREMEN, MOPO): shapes,
-which member predicts each step, clipped actions for the model and reward but stored
-unclipped, masks after termination, the model-side reward, labels (eq. 12 hook) and clipping."""
+"""algos/core/rollouts.py: batched imagined rollouts (MUSBO step 5, BREMEN): shapes, which member
+predicts each step, clipped actions for the model and reward but stored unclipped, restarts of
+terminated rollouts (BREMEN's sampler) and the frozen switch, the model-side reward, labels
+(eq. 12 hook), clipping, and the step without host syncs (compiled with fullgraph=True)."""
 import pytest
 import torch
 
 import envs
 from algos.core.ensemble import DynamicsEnsemble, Prediction
-from algos.core.rollouts import imagine
+from algos.core.policy import GaussianPolicy
+from algos.core.rollouts import gaussian_sampler, imagine, make_step
 
 N, T = 16, 12
 
 
 class ShiftModel:
     """Member m moves every state by (m + 1) * 0.01 plus 0.001 * the clipped action sum."""
+    act_dim = 6
 
     def __init__(self, members=4):
         self.members = members
 
     def predict(self, obs, act, member=None):
         step = 0.001 * act.sum(-1, keepdim=True)
-        if isinstance(member, int):
-            return Prediction((obs + (member + 1) * 0.01 + step)[None])
-        return Prediction(obs + (member[:, None] + 1) * 0.01 + step)
+        m = torch.as_tensor(member)
+        if m.dim() == 0:  # one member for all rows: [1, N, D]
+            return Prediction((obs + (m + 1) * 0.01 + step)[None])
+        return Prediction(obs + (m[:, None] + 1) * 0.01 + step)
 
 
 def member_of(out):
@@ -31,46 +35,66 @@ def member_of(out):
 
 
 def policy(scale=0.5):
-    return lambda obs, g: scale * torch.randn(obs.shape[0], 6, generator=g)
+    return lambda obs, noise: scale * noise
 
 
-def start(obs_dim=17, seed=0):
-    return torch.randn(N, obs_dim, generator=torch.Generator().manual_seed(seed)) * 0.1
+def start(obs_dim=17, seed=0, n=N):
+    return torch.randn(n, obs_dim, generator=torch.Generator().manual_seed(seed)) * 0.1
 
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def roll(model=None, pol=None, starts=None, env="halfcheetah", g=None, **kw):
+    kw.setdefault("member_choice", "per_step")
+    return imagine(model or ShiftModel(), pol or policy(), start() if starts is None else starts, N, T, env,
+                   gen() if g is None else g, **kw)
+
+
 def test_shapes_and_per_step_member_shared_by_the_batch():
-    out = imagine(ShiftModel(), policy(), start(), T, "halfcheetah", gen(), member_choice="per_step")
+    out = roll()
     for key, shape in {"obs": (T, N, 17), "act": (T, N, 6), "rew": (T, N), "next_obs": (T, N, 17),
-                       "terminated": (T, N), "alive": (T, N), "member": (T, N)}.items():
+                       "terminated": (T, N), "alive": (T, N), "member": (T, N), "timestep": (T, N)}.items():
         assert out[key].shape == shape, key
-    assert out["terminated"].dtype == torch.bool and out["alive"].dtype == torch.float32
+    assert out["terminated"].dtype == torch.bool and out["timestep"].dtype == torch.long
     members = member_of(out)
     assert (members == members[:, :1]).all()                   # one member for all rollouts at a step
     assert len(members[:, 0].unique()) > 1                     # drawn afresh at each step
     torch.testing.assert_close(members, out["member"])
-    torch.testing.assert_close(out["obs"][1:], out["next_obs"][:-1])   # states chain
+    torch.testing.assert_close(out["obs"][1:], out["next_obs"][:-1])   # states chain (no termination)
+    torch.testing.assert_close(out["timestep"], torch.arange(T)[:, None].expand(T, N))
+    assert (out["alive"] == 1).all()
+
+
+def test_lanes_start_from_states_drawn_from_the_pool():
+    pool = torch.arange(5.0)[:, None].expand(5, 17) * 10      # state k = (10k, ..., 10k)
+    out = imagine(ShiftModel(), lambda o, e: torch.zeros(len(o), 6), pool, 40, 1, "halfcheetah", gen(),
+                  member_choice="per_step")
+    first = out["obs"][0, :, 0]
+    assert set(first.tolist()) == {0.0, 10.0, 20.0, 30.0, 40.0}   # 40 lanes from a pool of 5
+    with pytest.raises(ValueError, match="pool"):
+        imagine(ShiftModel(), policy(), pool[0], 4, 2, "halfcheetah", gen(), member_choice="per_step")
 
 
 def test_per_rollout_and_per_transition_members():
-    out = imagine(ShiftModel(), policy(), start(), T, "halfcheetah", gen(), member_choice="per_rollout")
+    out = roll(member_choice="per_rollout")
     members = member_of(out)
     assert (members == members[:1]).all()                      # each rollout keeps its member
     assert len(members[0].unique()) > 1
-    out = imagine(ShiftModel(), policy(), start(), T, "halfcheetah", gen(),
-                  member_choice="per_transition", members=[1, 3])   # e.g. MOPO's elites
+    out = roll(member_choice="per_transition", members=[1, 3])   # e.g. MOPO's elites
     members = member_of(out)
     assert set(members.unique().tolist()) == {1, 3}
     assert (members != members[:, :1]).any(dim=1).all()        # differ across the batch
-    with pytest.raises(ValueError):
-        imagine(ShiftModel(), policy(), start(), T, "halfcheetah", gen(), member_choice="per_member")
+    torch.testing.assert_close(members, out["member"])
+    one = roll(members=torch.tensor([2]))                       # per_iteration: a member drawn on the device
+    assert (member_of(one) == 2).all() and (one["member"] == 2).all()
+    with pytest.raises(ValueError, match="member_choice"):
+        roll(member_choice="per_member")
 
 
 def test_reward_is_model_reward_of_clipped_tuples_and_act_unclipped():
-    out = imagine(ShiftModel(), policy(scale=3.0), start(), T, "halfcheetah", gen())
+    out = roll(pol=policy(scale=3.0))
     assert out["act"].abs().max() > 1.0                        # stored as sampled
     clipped = out["act"].clamp(-1, 1)
     expected = envs.model_reward("halfcheetah", out["obs"], clipped, out["next_obs"])
@@ -79,15 +103,38 @@ def test_reward_is_model_reward_of_clipped_tuples_and_act_unclipped():
     assert not torch.allclose(out["rew"], unclipped)
 
 
-def test_termination_freezes_and_masks():
-    """Rollout k terminates when its x coordinate passes 1 (fake termination): the step that
-    terminates is real, every later step is masked and frozen."""
+def ramp():
+    """Lanes start at x in [0.5, 1.3]; each step adds at least 0.01; termination when x' > 1."""
     s0 = torch.zeros(N, 3)
     s0[:, 0] = torch.linspace(0.5, 1.3, N)
-    reward_fn = lambda s, a, s2: torch.ones(s.shape[0])
-    term_fn = lambda s, a, s2: s2[:, 0] > 1.0
-    out = imagine(ShiftModel(), lambda obs, g: torch.zeros(obs.shape[0], 2), s0, T, "halfcheetah", gen(),
-                  reward_fn=reward_fn, termination_fn=term_fn)
+    return s0, dict(reward_fn=lambda s, a, s2: torch.ones(s.shape[0]), termination_fn=lambda s, a, s2: s2[:, 0] > 1.0)
+
+
+def test_terminated_rollouts_restart_from_the_pool():
+    """BREMEN's sampler: the step after a termination starts a new path from a pool state, at
+    timestep 0, so the batch holds N x T real samples."""
+    s0, fns = ramp()
+    out = roll(pol=lambda o, e: torch.zeros(len(o), 6), starts=s0, **fns)
+    term, ts = out["terminated"], out["timestep"]
+    assert term.sum() > N                                      # lanes end several times
+    assert (out["alive"] == 1).all() and (out["rew"] == 1).all()
+    pool = set(s0[:, 0].tolist())
+    for t in range(1, T):
+        restarted = term[t - 1]
+        assert (ts[t][restarted] == 0).all() and (ts[t][~restarted] == ts[t - 1][~restarted] + 1).all()
+        assert all(x in pool for x in out["obs"][t, restarted, 0].tolist())        # a fresh start state
+        torch.testing.assert_close(out["obs"][t, ~restarted], out["next_obs"][t - 1, ~restarted])
+    # per_rollout: a restarted lane draws its member again, a running one keeps it
+    out = roll(pol=lambda o, e: torch.zeros(len(o), 6), starts=s0, member_choice="per_rollout",
+               reward_fn=fns["reward_fn"], termination_fn=lambda s, a, s2: torch.ones(len(s), dtype=torch.bool))
+    assert (out["member"][1:] != out["member"][:-1]).any()
+    torch.testing.assert_close(member_of(out), out["member"])
+
+
+def test_restart_false_freezes_and_masks():
+    """restart=False: the step that terminates is real, every later step is masked and frozen."""
+    s0, fns = ramp()
+    out = roll(pol=lambda o, e: torch.zeros(len(o), 6), starts=s0, restart=False, **fns)
     term, alive = out["terminated"], out["alive"]
     assert (term.sum(0) <= 1).all()                            # terminates at most once
     ended = term.any(0)
@@ -104,22 +151,33 @@ def test_termination_freezes_and_masks():
     torch.testing.assert_close(out["rew"], alive)              # masked reward
 
 
-def test_hopper_termination_and_reward_through_envs():
-    """The default reward/termination are the envs' model-side functions of the stored tuples."""
+def hopper_model():
     torch.manual_seed(0)
     model = DynamicsEnsemble(11, 3, members=3, hidden=[16])
     model.input_norm.fit(torch.randn(50, 14))
     model.target_norm.fit(torch.randn(50, 11) * 0.3)
-    pol = lambda obs, g: torch.randn(obs.shape[0], 3, generator=g)
     s0 = torch.zeros(N, 11)
     s0[:, 0] = 1.25
-    out = imagine(model, pol, s0, T, "hopper", gen())
-    clipped = out["act"].clamp(-1, 1)
-    term = envs.model_termination("hopper", out["obs"], clipped, out["next_obs"])
-    torch.testing.assert_close(out["terminated"], term & out["alive"].bool())
-    reward = envs.model_reward("hopper", out["obs"], clipped, out["next_obs"])
-    torch.testing.assert_close(out["rew"], reward * out["alive"])
-    assert out["terminated"].any()
+    return model, s0
+
+
+def test_hopper_termination_and_reward_through_envs_and_ensemble_members():
+    """The default reward/termination are the envs' model-side functions of the stored tuples,
+    and each stored next state is the prediction of the stored member (the device-side member
+    forms of DynamicsEnsemble.predict)."""
+    model, s0 = hopper_model()
+    pol = lambda obs, noise: noise
+    for choice in ("per_step", "per_transition"):
+        out = roll(model, pol, s0, "hopper", member_choice=choice)
+        clipped = out["act"].clamp(-1, 1)
+        term = envs.model_termination("hopper", out["obs"], clipped, out["next_obs"])
+        torch.testing.assert_close(out["terminated"], term)
+        torch.testing.assert_close(out["rew"], envs.model_reward("hopper", out["obs"], clipped, out["next_obs"]))
+        assert out["terminated"].any()
+        for m in range(3):
+            sel = out["member"] == m
+            want = model.predict(out["obs"][sel], clipped[sel], member=m).next_obs[0]
+            torch.testing.assert_close(out["next_obs"][sel], want)
 
 
 def test_labels_clip_obs_and_reproducibility():
@@ -130,16 +188,79 @@ def test_labels_clip_obs_and_reproducibility():
         return obs[:, 0] + act.sum(-1)  # a function of the pair: catches labels put on the wrong step
 
     low, high = -torch.ones(17) * 0.05, torch.ones(17) * 0.05
-    out = imagine(ShiftModel(), policy(scale=3.0), start(), T, "halfcheetah", gen(), label_fn=label_fn,
-                  clip_obs=(low, high))
+    out = roll(pol=policy(scale=3.0), label_fn=label_fn, clip_obs=(low, high))
     assert out["labels"].shape == (T, N)
     torch.testing.assert_close(out["labels"], out["obs"][..., 0] + out["act"].clamp(-1, 1).sum(-1))
     assert max(seen) <= 1.0                                    # labels see the clipped action
     assert out["next_obs"].max() <= 0.05 and out["next_obs"].min() >= -0.05
-    again = imagine(ShiftModel(), policy(scale=3.0), start(), T, "halfcheetah", gen(), label_fn=label_fn,
-                    clip_obs=(low.numpy(), high.numpy()))
+    again = roll(pol=policy(scale=3.0), label_fn=label_fn, clip_obs=(low.numpy(), high.numpy()))
     for key in out:
         torch.testing.assert_close(out[key], again[key])
+    other = roll(pol=policy(scale=3.0), g=gen(1))
+    assert not torch.equal(out["act"], other["act"])
+
+
+def test_engines_validated():
+    with pytest.raises(ValueError, match="rollout engine"):
+        roll(engine="graph")
+    with pytest.raises(ValueError, match="CUDA"):
+        roll(engine="cuda_graph")
+
+
+def paper_like_step(restart, choice):
+    """The real step (DynamicsEnsemble, GaussianPolicy, Hopper's reward and termination, a box)."""
+    model, s0 = hopper_model()
+    pol = GaussianPolicy(11, 3, hidden=[8])
+    cands = torch.arange(3)
+    box = (torch.full((11,), -1e5), torch.full((11,), 1e5))
+    step = make_step(model, gaussian_sampler(pol), s0, cands, choice, restart,
+                     lambda s, a, s2: envs.model_reward("hopper", s, a, s2),
+                     lambda s, a, s2: envs.model_termination("hopper", s, a, s2), box)
+    g = gen(3)
+    state = {"obs": s0 + 0.1 * torch.randn(N, 11, generator=g), "timestep": torch.arange(N),
+             "member": torch.randint(3, (N,), generator=g), "alive": (torch.arange(N) % 3 > 0).float()}
+    draw = torch.randint(3, (), generator=g) if choice == "per_step" else torch.randint(3, (N,), generator=g)
+    return step, (state, torch.randn(N, 3, generator=g), draw, torch.randint(N, (N,), generator=g))
+
+
+@pytest.mark.parametrize("restart,choice", [(True, "per_step"), (True, "per_rollout"), (False, "per_transition")])
+def test_step_has_no_graph_break(restart, choice):
+    """fullgraph=True fails on any .item(), int(), .cpu(), numpy call or data-dependent branch in
+    the step (each would be a host sync); backend "eager" checks the tracing only, fast."""
+    torch._dynamo.reset()
+    step, args = paper_like_step(restart, choice)
+    with torch.no_grad():
+        traced = torch.compile(step, fullgraph=True, backend="eager")(*args)
+        eager = step(*args)
+    for part_traced, part_eager in zip(traced, eager):
+        for key in part_eager:
+            torch.testing.assert_close(part_traced[key], part_eager[key])
+
+
+def test_compiled_engine_equals_eager():
+    """engine="compiled" (torch.compile with inductor, the captured path's CPU stand-in) gives the
+    eager numbers; one small shape (compiling takes ~20-40 s on 2 cores)."""
+    torch._dynamo.reset()
+    model, s0 = hopper_model()
+    pol = GaussianPolicy(11, 3, hidden=[8], init_log_std=1.0)
+    kw = dict(member_choice="per_step", clip_obs=(-torch.ones(11) * 1e5, torch.ones(11) * 1e5))
+    eager = imagine(model, gaussian_sampler(pol), s0, 4, 6, "hopper", gen(), engine="eager", **kw)
+    compiled = imagine(model, gaussian_sampler(pol), s0, 4, 6, "hopper", gen(), engine="compiled", **kw)
+    assert eager["terminated"].any()
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA-graph engine needs one")
+def test_cuda_graph_engine_equals_eager():
+    model, s0 = hopper_model()
+    model, s0 = model.cuda(), s0.cuda()
+    pol = GaussianPolicy(11, 3, hidden=[8]).cuda()
+    for choice in ("per_step", "per_rollout"):
+        runs = [imagine(model, gaussian_sampler(pol), s0, 8, 20, "hopper", torch.Generator("cuda").manual_seed(0),
+                        member_choice=choice, engine=e) for e in ("eager", "cuda_graph")]
+        for key in runs[0]:
+            torch.testing.assert_close(runs[1][key], runs[0][key], rtol=1e-5, atol=1e-5)
 
 
 # ----- the clamp of imagined states (trpo.clip_predictions) ---------------------------------
@@ -147,7 +268,7 @@ def test_labels_clip_obs_and_reproducibility():
 class FallingHopper:
     """Every member moves each state halfway toward a recorded terminal state: a model of a
     fall the data has seen."""
-    members = 2
+    members, act_dim = 2, 3
 
     def __init__(self, terminal_state):
         self.target = torch.as_tensor(terminal_state)
@@ -178,7 +299,8 @@ def test_an_imagined_fall_terminates_under_every_clamp(kind):
     else:
         assert box is None
     start = torch.as_tensor(data["obs"][data["episode_start"]][:8])
-    out = imagine(FallingHopper(data["next_obs"][data["terminated"]][0]), lambda s, g: torch.zeros(len(s), 3), start, 30, "hopper", None,
+    out = imagine(FallingHopper(data["next_obs"][data["terminated"]][0]), lambda s, e: torch.zeros(len(s), 3),
+                  start, len(start), 30, "hopper", None, member_choice="per_step",
                   clip_obs=box)
     assert out["terminated"].any(0).all(), "every imagined fall must end by the termination function"
 

@@ -33,6 +33,11 @@ def results(out):
     return metrics, pd.read_csv(out / "eval_returns.csv"), pd.read_csv(out / "model_eval.csv"), batches
 
 
+def snapshot(out):
+    """Every file under `out` with its bytes: equal snapshots = nothing was written."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(Path(out).rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
@@ -102,7 +107,8 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_one(reference, tmp_path
     newest = max((tmp_path / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     newest.write_bytes(b"garbage")
     resumed = run_cli(tmp_path)
-    assert "unreadable" in resumed.stderr and "resuming after deployment 1" in resumed.stderr
+    assert f"checkpoint {newest} does not match its sha256" in resumed.stderr
+    assert "resuming after deployment 1" in resumed.stderr
     pd.testing.assert_frame_equal(results(tmp_path)[0], results(reference)[0])
 
 
@@ -115,7 +121,7 @@ def test_same_seed_same_results_on_cpu(reference, tmp_path):
     (["--algo", "sac"], "invalid choice: 'sac'"),
     (["--env", "humanoid"], "invalid choice: 'humanoid'"),
     (["--budget", "1m"], "invalid choice: '1m'"),
-    (["--profile", "tiny"], "invalid choice: 'tiny'"),
+    (["--profile", "tiny"], "unknown profile 'tiny'"),
     (["--seed", "x"], "invalid int value: 'x'"),
     (["--set", "trpo.detla=0.1"], "did you mean 'trpo.delta'"),
     (["--set", "trpo.iterations=-1"], "must not be negative"),
@@ -145,8 +151,10 @@ def test_unwritable_output_directory_is_named(tmp_path):
 
 def test_a_different_config_in_the_same_directory_is_refused(reference, tmp_path):
     run_cli(tmp_path, kill_at="write:0")
+    before = snapshot(tmp_path)
     proc = run_cli(tmp_path, "--set", "trpo.delta=0.2", check=False)
-    assert proc.returncode == 2 and "different configuration" in proc.stderr
+    assert proc.returncode == 2 and "holds another run (config hash" in proc.stderr and "--replace-stale" in proc.stderr
+    assert snapshot(tmp_path) == before                      # config.yaml, identity.json: untouched
 
 
 def test_non_finite_values_stop_the_run_naming_phase_deployment_and_seed():
@@ -157,6 +165,7 @@ def test_non_finite_values_stop_the_run_naming_phase_deployment_and_seed():
         with timer("model"):
             raise FloatingPointError("non-finite loss (phase=model)")
     assert "phase=model" in str(err.value) and "deployment=2" in str(err.value) and "seed7" in str(err.value)
+    assert "no checkpoint" in str(err.value)
 
 
 def test_a_nan_inside_a_real_run_exits_with_the_message(tmp_path, monkeypatch, capsys):
@@ -207,3 +216,220 @@ def test_model_replay_batches_equal_length_episodes_without_changing_fig6():
     assert row["energy_distance"] == pytest.approx(energy_distance(np.concatenate(imagined), np.concatenate(real)),
                                                    rel=1e-5)
     assert row["trajectory_mse"] == pytest.approx(trajectory_mse(imagined, real), rel=1e-5)
+
+
+# ---------------------------------------------------------------- issue 16: the run directory's promises
+# (bremen: the fastest algorithm on smoke; halfcheetah smoke has 2 deployments)
+def bremen(out, *extra, seed="3", kill_at=None, env=None, check=True):
+    cmd = [sys.executable, "-m", "algos.run", "--algo", "bremen", "--env", "halfcheetah", "--budget", "250k",
+           "--seed", seed, "--profile", "smoke", "--out", str(out), *extra]
+    environ = {**os.environ, "MUSBO_KILL_AT": kill_at or "", **(env or {})}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=environ, timeout=600)
+    if check and kill_at is None:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_identity_is_written_first_and_names_the_run(tmp_path):
+    proc = bremen(tmp_path, kill_at="collect:1")              # killed before any deployment work
+    assert proc.returncode == -9
+    identity = json.loads((tmp_path / "identity.json").read_text())
+    from algos.config import config_hash
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert identity == {"algo": "bremen", "env": "halfcheetah", "budget": "250k", "seed": 3, "profile": "smoke",
+                        "config_hash": config_hash(cfg)}
+
+
+def test_another_seed_on_a_committed_run_without_checkpoints_is_refused_before_any_write(tmp_path):
+    bremen(tmp_path)
+    for name in ("checkpoints", "batches"):                   # as results/mini is committed
+        for p in (tmp_path / name).iterdir():
+            p.unlink()
+        (tmp_path / name).rmdir()
+    for committed in (True, False):                          # with identity.json, and as before identities
+        if not committed:
+            (tmp_path / "identity.json").unlink()
+        before = snapshot(tmp_path)
+        proc = bremen(tmp_path, seed="4", check=False)
+        assert proc.returncode == 2 and "seed: 3 there, 4 here" in proc.stderr and "refused before writing" in proc.stderr
+        assert snapshot(tmp_path) == before
+
+
+def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(tmp_path):
+    from algos.config import resolve_run_config
+    from algos.rundir import RunDir
+    held = RunDir(tmp_path, resolve_run_config("smoke", "bremen", "halfcheetah", "250k", 3))
+    try:
+        proc = bremen(tmp_path, check=False)                 # the same run: identity fine, lock held
+        assert proc.returncode == 2 and f"in use by another run (pid {os.getpid()}" in proc.stderr
+        proc = bremen(tmp_path, seed="4", check=False)       # seed 1 beside seed 0: refused too
+        assert proc.returncode == 2 and "seed: 3 there, 4 here" in proc.stderr
+    finally:
+        held.close()
+    assert not (tmp_path / "batches").exists()
+
+
+def test_two_runs_started_at_once_leave_one_run(tmp_path):
+    cmds = [[sys.executable, "-m", "algos.run", "--algo", "bremen", "--env", "halfcheetah", "--budget", "250k",
+             "--seed", seed, "--profile", "smoke", "--out", str(tmp_path)] for seed in ("0", "1")]
+    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
+    codes = [p.wait(timeout=600) for p in procs]
+    assert sorted(codes) == [0, 2], [p.stderr.read() for p in procs]
+    winner = codes.index(0)
+    assert json.loads((tmp_path / "identity.json").read_text())["seed"] == winner
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == winner
+
+
+def test_flipped_bytes_in_a_checkpoint_are_detected_and_the_previous_one_is_used(tmp_path):
+    reference = tmp_path / "reference"
+    bremen(reference)
+    out = tmp_path / "run"
+    bremen(out, kill_at="write:0")
+    newest = out / "checkpoints" / "deployment_2.pt"
+    data = bytearray(newest.read_bytes())
+    for k in range(len(data) // 2, len(data) // 2 + 4):      # a few mantissa bytes inside the weights
+        data[k] ^= 0x01
+    newest.write_bytes(bytes(data))
+    resumed = bremen(out)
+    assert f"checkpoint {newest} does not match its sha256" in resumed.stderr
+    assert "resuming after deployment 1" in resumed.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv").drop(columns=TIMING),
+                                  pd.read_csv(reference / "metrics.csv").drop(columns=TIMING))
+
+
+def test_a_nan_after_a_resume_names_the_checkpoint(tmp_path, monkeypatch, capsys):
+    import algos.run as run_module
+    from algos.core.ensemble import DynamicsEnsemble
+    assert bremen(tmp_path, seed="5", kill_at="policy:2").returncode == -9
+    monkeypatch.setattr(DynamicsEnsemble, "predict_trajectory",
+                        lambda self, obs0, actions, **kw: torch.full((len(obs0), actions.shape[1], obs0.shape[1]), float("nan")))
+    code = run_module.main(["--algo", "bremen", "--env", "halfcheetah", "--budget", "250k", "--seed", "5",
+                            "--profile", "smoke", "--out", str(tmp_path)])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert "phase=eval deployment=2" in message and "seed5" in message
+    assert f"checkpoint {tmp_path / 'checkpoints' / 'deployment_1.pt'}" in message
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "-.inf"])
+def test_non_finite_hyperparameters_are_refused(tmp_path, value):
+    proc = bremen(tmp_path, "--set", f"trpo.delta={value}", check=False)
+    assert proc.returncode == 2 and "trpo.delta=" in proc.stderr and "must be a finite number" in proc.stderr
+    assert not tmp_path.joinpath("identity.json").exists()
+
+
+def test_a_resume_under_another_thread_count_is_refused_unless_allowed(tmp_path):
+    # torch_threads: 0 (torch's default, as the paper profile): the effective count comes from the host
+    killed = bremen(tmp_path, "--set", "torch_threads=0", kill_at="policy:2", env={"OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -9
+    proc = bremen(tmp_path, "--set", "torch_threads=0", env={"OMP_NUM_THREADS": "2"}, check=False)
+    assert proc.returncode == 2 and "threads 1 then, 2 now" in proc.stderr and "--allow-different-host" in proc.stderr
+    assert not (tmp_path / "metrics.csv").exists()
+    bremen(tmp_path, "--set", "torch_threads=0", "--allow-different-host", env={"OMP_NUM_THREADS": "2"})
+    per_deployment = json.loads((tmp_path / "provenance.json").read_text())["deployments"]
+    assert [(d["deployment"], d["threads"], d["resumed_on_different_host"]) for d in per_deployment] == [
+        (1, 1, False), (2, 2, True)]
+    assert all({"git_commit", "git_dirty", "device", "packages"} <= set(d) for d in per_deployment)
+
+
+def test_a_resume_on_the_same_host_keeps_each_deployments_provenance(tmp_path):
+    assert bremen(tmp_path, kill_at="policy:2").returncode == -9
+    bremen(tmp_path)
+    per_deployment = json.loads((tmp_path / "provenance.json").read_text())["deployments"]
+    assert [d["deployment"] for d in per_deployment] == [1, 2]
+    assert not any(d["resumed_on_different_host"] for d in per_deployment)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "trpo.delta={a: 1}"], "trpo.delta must be float (like 0.05), got the mapping {'a': 1}"),
+    (["--set", "budget_samples.250k=1000000000000"], "GiB for its arrays alone"),
+    (["--out", ""], "--out is empty"),
+    (["--out", "  "], "--out is empty"),
+])
+def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    extra = args if args[0] == "--set" else []
+    out_arg = args[1] if args[0] == "--out" else str(out)
+    cmd = [sys.executable, "-m", "algos.run", "--algo", "bremen", "--env", "halfcheetah", "--budget", "250k",
+           "--seed", "0", "--profile", "smoke", "--out", out_arg, *extra]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []                    # not even in the current directory
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line(tmp_path):
+    proc = bremen(tmp_path / "out", "--set", "device=cuda", check=False)
+    assert proc.returncode == 2 and "CUDA is not available" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_zero_padded_seed_is_the_same_run(tmp_path):
+    bremen(tmp_path, seed="0", kill_at="write:0")
+    assert json.loads((tmp_path / "identity.json").read_text())["seed"] == 0
+    resumed = bremen(tmp_path, seed="00")                     # seed00 is seed 0: same identity, resumes
+    assert "resuming after deployment 2" in resumed.stderr
+
+
+# ---------------------------------------------------------------- what the workflow calls (issue 12)
+def test_run_config_file_runs_the_same_run_as_the_flags(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    subprocess.run([sys.executable, "-m", "algos.config", "write-run-config", "--out", str(cfg_file), "--profile",
+                    "smoke", "--algo", "bremen", "--env", "halfcheetah", "--budget", "250k", "--seed", "3",
+                    "--set", "trpo.delta=0.07", "bc.lr=1e-3"], cwd=ROOT, check=True, capture_output=True)
+    by_flags, by_file = tmp_path / "flags", tmp_path / "file"
+    bremen(by_flags, "--set", "trpo.delta=0.07", "--set", "bc.lr=1e-3", kill_at="write:0")
+    proc = subprocess.run([sys.executable, "-m", "algos.run", "--run-config", str(cfg_file), "--out", str(by_file)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert (by_file / "identity.json").read_bytes() == (by_flags / "identity.json").read_bytes()
+    # the file is validated again completely
+    cfg = yaml.safe_load(cfg_file.read_text())
+    cfg["trpo"]["delta"] = float("nan")
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "algos.run", "--run-config", str(cfg_file), "--out",
+                           str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "trpo.delta=nan must be a finite number" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "algos.run", "--run-config", str(cfg_file), "--seed", "1",
+                           "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--run-config replaces --seed" in proc.stderr
+
+
+def test_replace_stale_moves_the_old_run_aside_and_starts_over(tmp_path):
+    from algos.config import config_hash
+    assert bremen(tmp_path, kill_at="policy:2").returncode == -9
+    old = snapshot(tmp_path)
+    old_hash = json.loads((tmp_path / "identity.json").read_text())["config_hash"]
+    proc = bremen(tmp_path, "--set", "trpo.delta=0.2", "--replace-stale")
+    assert "resuming" not in proc.stderr
+    stale = tmp_path / f"stale-{old_hash[:12]}"
+    moved = {k[len(stale.name) + 1:]: v for k, v in snapshot(tmp_path).items() if k.startswith(stale.name + "/")}
+    assert moved == {k: v for k, v in old.items() if k != "run.lock"}    # nothing deleted
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert cfg["trpo"]["delta"] == 0.2 and json.loads((tmp_path / "identity.json").read_text())["config_hash"] == \
+        config_hash(cfg)
+    assert pd.read_csv(tmp_path / "metrics.csv")["deployment"].tolist() == [1, 2]
+    # the same config again: an ordinary resume (what retries and --rerun-incomplete need)
+    (tmp_path / "metrics.csv").unlink()
+    assert "resuming after deployment 2" in bremen(tmp_path, "--set", "trpo.delta=0.2", "--replace-stale").stderr
+
+
+def test_scalars_csv_has_every_deployment_once_after_a_resume(tmp_path):
+    assert bremen(tmp_path, kill_at="model:2").returncode == -9  # deployment 2 had started
+    bremen(tmp_path)
+    scalars = pd.read_csv(tmp_path / "scalars.csv")
+    assert list(scalars.columns) == ["deployment", "phase", "step", "name", "value"]
+    assert sorted(scalars["deployment"].unique()) == [1, 2]
+    assert not scalars.duplicated(["deployment", "phase", "step", "name"]).any()
+
+
+def test_track_tensorboard_without_the_package_is_one_line(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    proc = bremen(tmp_path, "--track", "tensorboard", check=False)
+    assert proc.returncode == 2 and "needs the tensorboard package" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,10 +1,13 @@
-"""The workflow on a real (local, single-node) SLURM cluster, through profiles/slurm unchanged.
+"""The workflow on a real (local, single-node) SLURM cluster, through profiles/slurm unchanged
+(`--profile profiles/slurm`), with tests/slurm_profile as the workflow profile: what only this
+cluster needs (squeue for job status, short waits), and profiles/default's local settings kept out.
 
 scripts/slurm_cluster.sh starts slurmctld and slurmd on localhost (Debian's slurm-wlm and
 munge, no accounting; .ci/run starts it before the tests, and this module starts it itself
 when it is not running and stops it afterwards). The workflow then runs with the
-snakemake-executor-plugin-slurm: every training job goes to the `gpu` partition with one
-(fake) GPU, every analysis job to the default partition, and job status comes from squeue.
+snakemake-executor-plugin-slurm: with tests/slurm_profile/gpu.yaml (resources.gpu: 1 over the
+smoke profile) every training job asks SLURM for one (fake) GPU and goes to the `gpu` partition
+(profiles/slurm/partitions.yaml), analysis jobs are local rules, and job status comes from squeue.
 
 Skipped, with the reason in pytest's summary, only where SLURM cannot run at all: not root,
 or SLURM missing and apt-get absent or unable to install it. A cluster that is installed but
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflow import ANALYSIS_FILES, RUN_FILES, copy_workflow, jobs_of
+from test_workflow import ANALYSIS_FILES, RUN_FILES, fresh_clone, jobs_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
@@ -35,7 +38,7 @@ SLURM_DIR = Path(os.environ.get("MUSBO_SLURM_DIR", "/tmp/musbo-slurm"))
 # smoke workflow is already run for real by test_workflow.py, and through SLURM it takes
 # about 9 minutes on this (shared) 2-core machine against about 1 for the subset.
 # MUSBO_SLURM_TARGET=all runs the whole smoke workflow here too.
-TARGETS = os.environ.get("MUSBO_SLURM_TARGET", "paper_figures/fig6.pdf paper_figures/ablation.pdf table2").split()
+TARGETS = os.environ.get("MUSBO_SLURM_TARGET", "paper_figures/smoke/fig6.pdf paper_figures/smoke/ablation.pdf table2").split()
 LIMIT_S = 1500  # then `timeout` stops Snakemake (TERM, and KILL 30 s later)
 
 
@@ -88,10 +91,10 @@ def slurm_jobs(env: dict, run_id: str) -> list[dict]:
 @pytest.mark.slurm
 @pytest.mark.timeout(LIMIT_S + 120)
 def test_the_smoke_workflow_runs_through_slurm(slurm_env, tmp_path):
-    copy_workflow(tmp_path)
+    tmp_path = fresh_clone(tmp_path / "repo")
     command = ["timeout", "-k", "30", str(LIMIT_S), sys.executable, "-m", "snakemake", *TARGETS,
-               "--profile", "profiles/slurm", "--configfile=config/smoke.yaml",
-               "--slurm-init-seconds-before-status-checks=2", "--jobs=4"]
+               "--profile", "profiles/slurm", "--workflow-profile", "tests/slurm_profile",
+               "--configfile", "config/smoke.yaml", "tests/slurm_profile/gpu.yaml"]
     proc = subprocess.run(command, cwd=tmp_path, env=slurm_env, capture_output=True, text=True,
                           timeout=LIMIT_S + 60)
     log = proc.stdout + proc.stderr
@@ -104,7 +107,7 @@ def test_the_smoke_workflow_runs_through_slurm(slurm_env, tmp_path):
     assert set(analysis) >= {t.split("/")[-1].split(".")[0] for t in TARGETS if t != "all"}
     for rule in analysis:
         for name in ANALYSIS_FILES[rule]:
-            assert (tmp_path / "paper_figures" / name).stat().st_size > 0, name
+            assert (tmp_path / "paper_figures" / "smoke" / name).stat().st_size > 0, name
     runs = [tmp_path / f"results/smoke/runs/{w['algo']}/{w['env']}/{w['budget']}/seed{w['seed']}"
             for rule, w in jobs if rule == "run"]
     runs += [tmp_path / f"results/smoke/ablations/{w['ablation']}/{w['env']}/{w['budget']}/seed{w['seed']}"
@@ -113,16 +116,15 @@ def test_the_smoke_workflow_runs_through_slurm(slurm_env, tmp_path):
     for run in runs:
         assert all((run / f).is_file() for f in RUN_FILES), run
 
-    # each job went through SLURM and completed: training jobs on the GPU partition with a
-    # GPU, analysis jobs on the default partition
+    # each training job went through SLURM and completed, on the GPU partition with the GPU
+    # that config resources.gpu asks for; the analysis jobs ran locally (localrules)
     run_id = re.search(r"SLURM run ID: (\S+)", log).group(1)
     slurm = slurm_jobs(slurm_env, run_id)
-    assert len(slurm) == len(jobs), (slurm, jobs)
     assert all(job["state"] == "COMPLETED" for job in slurm), slurm
     training = [job for job in slurm if re.match(r"rule_(run|ablation_run)_", job["comment"])]
-    assert len(training) == len(runs)
+    assert len(training) == len(runs) == len(slurm), (slurm, jobs)
     assert all(job["partition"] == "gpu" and "gpu" in job["gres"] for job in training), training
-    assert all(job["partition"] == "cpu" for job in slurm if job not in training), slurm
+    assert all(re.search(rf"^localrule {rule}:", log, re.M) for rule in analysis), "analysis jobs went to SLURM"
 
 
 def test_without_root_the_slurm_test_says_why_it_is_skipped(monkeypatch):

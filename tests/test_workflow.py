@@ -1,51 +1,89 @@
 """The Snakemake workflow (Snakefile, rules/, config/schema.yaml, profiles/).
 
-Pinned here: `snakemake --lint` is clean; a bad config is refused naming the bad key; the dry
-runs list the paper's 150 training runs plus the ablation and analysis jobs, and a figure or
-table asked for alone lists only the runs it reads; with a stand-in for the run CLI, a failed
-run is retried and resumes from its checkpoints, and --keep-going lets the other runs and
-figures finish. Marked `slow`: the whole smoke workflow, for real, produces every figure and
-table (a few minutes on 2 cores; `pytest -m "not slow"` leaves it out).
+Every Snakemake command here runs in a fresh `git clone` (fresh_clone: the repository as the
+working tree holds it, committed into a throw-away clone and cloned again, so files and mtimes
+are what a user's clone gets; the repository itself is never written). Pinned: the user's
+commands as typed (profiles/default is loaded by itself) schedule the paper grid, one figure
+schedules only its runs, outputs name their profile; a bad config (also a typo in run.defaults
+of a --configfile) fails at parse time naming the key; Snakemake without the project's packages
+fails once naming the fix; an edit of a profile reruns exactly the runs it changes, and the rerun
+keeps the old run in stale-*/; with a stand-in for the run CLI, a failed run is retried and
+resumes, --keep-going lets the other runs finish, a killed workflow resumes. Marked `slow`: the
+whole smoke workflow for real, with the HTML report.
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW = ("Snakefile", "rules", "config", "profiles", "environment.yml")
-CODE = ("algos", "envs", "analysis")
 ENVS = ["walker2d", "hopper", "halfcheetah", "ant", "cheetah-run"]
+ALGOS = ["musbo", "bremen", "mopo"]
 ANALYSIS_FILES = {
     "fig2": ["fig2.pdf"], "fig3": ["fig3.pdf"], "fig4": ["fig4.pdf"], "fig5": ["fig5.pdf"],
     "fig6": ["fig6.pdf"],
     "table1": ["table1_novelty.csv", "table1_novelty.md", "table1_novelty.tex"],
     "table2": ["table2_hyperparameters.csv", "table2_hyperparameters.md", "table2_hyperparameters.tex"],
-    "aggregate": ["aggregate.pdf"], "ablation": ["ablation.pdf"], "claims": ["claims.md"],
-    "report": ["report.md"],
+    "aggregate": ["aggregate.pdf"], "ablation": ["ablation.pdf"], "readings": ["readings.pdf"],
+    "diagnostics": ["diagnostics.pdf"], "claims": ["claims.md"], "report": ["report.md"],
 }
 RUN_FILES = ["metrics.csv", "eval_returns.csv", "model_eval.csv", "config.yaml", "provenance.json"]
+TRAINING_RULES = ("run", "ablation_run", "reading_run")
 
 
-def snakemake(*args: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None):
-    """Runs `python -m snakemake ARGS` with this interpreter's bin/ first on PATH."""
+def git(*args, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def fresh_clone(dest: Path) -> Path:
+    """A clone of the repository as its working tree is now: HEAD cloned, the working tree's
+    changes (modified, new, deleted; .gitignore respected) committed in that staging clone, and
+    the staging clone cloned again into DEST, so that every file is checked out by git."""
+    stage = dest.parent / f"{dest.name}-stage"
+    git("clone", "-q", str(ROOT), str(stage), cwd=dest.parent)
+    for name in git("ls-files", "-z", "-m", "-o", "--exclude-standard", cwd=ROOT).split("\0"):
+        if name and (ROOT / name).is_file():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, stage / name)
+    for name in git("ls-files", "-z", "-d", cwd=ROOT).split("\0"):
+        if name:
+            (stage / name).unlink(missing_ok=True)
+    git("add", "-A", cwd=stage)
+    git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "--allow-empty",
+        "-m", "working tree", cwd=stage)
+    git("clone", "-q", str(stage), str(dest), cwd=dest.parent)
+    shutil.rmtree(stage)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """One fresh clone for the dry runs of this module (they only add run configs to it)."""
+    return fresh_clone(tmp_path_factory.mktemp("clone") / "repo")
+
+
+def snakemake(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None,
+              python: str = sys.executable):
+    """`python -m snakemake ARGS` in CWD with this interpreter's bin/ first on PATH."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True,
+    proc = subprocess.run([python, "-m", "snakemake", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PATH": path, **(env or {})})
     proc.log = proc.stdout + proc.stderr
     return proc
 
 
-def dry_run(*args: str, cwd: Path = ROOT):
-    """A forced dry run (-F: independent of results already on disk); returns the jobs."""
-    proc = snakemake(*args, "--dry-run", "--forceall", cwd=cwd)
+def dry_run(*args: str, cwd: Path, force: bool = True):
+    """A dry run (forced with -F unless force=False: then what a user's command would do)."""
+    proc = snakemake(*args, "--dry-run", *(["--forceall"] if force else []), cwd=cwd)
     assert proc.returncode == 0, proc.log
     return jobs_of(proc.log)
 
@@ -77,20 +115,13 @@ def profile_config(name: str) -> dict:
     return merge(config, yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())) if name != "paper" else config
 
 
-def copy_workflow(dest: Path, with_code: bool = True) -> Path:
-    """A copy of the workflow (and the code it runs) in which a test may write results."""
-    for name in WORKFLOW + (CODE if with_code else ()):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
+def analysis_jobs(expected_targets) -> dict:
+    return {target: 1 for target in expected_targets}
 
 
 # ------------------------------------------------------------------ static checks
-def test_lint_is_clean():
-    proc = snakemake("--lint")
+def test_lint_is_clean(clone):
+    proc = snakemake("--lint", cwd=clone)
     assert proc.returncode == 0 and "Congratulations" in proc.log, proc.log
 
 
@@ -101,53 +132,110 @@ def test_lint_is_clean():
     ("seed: [0]", "'seed' was unexpected"),
     ("resources: {gpus: 1}", "'gpus' was unexpected"),
     ("ablations: [no_such_switch]", "no_such_switch"),
+    ("readings: [no_such_reading]", "no_such_reading"),
+    ("seeds: [0, 0]", "repeats a seed"),
+    # a typo inside run.defaults of a --configfile: caught when the runs' configs are resolved
+    ("run: {defaults: {trpo: {delat: 0.1}}}", "trpo.delat"),
+    ("run: {envs: {hopper: {trpo: {delta: -1}}}}", "trpo.delta"),
+    ("ablation_switches: {no_exploration_noise: [musbo.exploration_noise=sometimes]}", "musbo.exploration_noise"),
 ])
-def test_a_bad_config_is_refused_naming_the_key(tmp_path, bad, named):
+def test_a_bad_config_fails_at_parse_time_naming_the_key(clone, tmp_path, bad, named):
     (tmp_path / "bad.yaml").write_text(bad + "\n")
-    proc = snakemake("--dry-run", f"--configfile={tmp_path / 'bad.yaml'}")
+    proc = snakemake("all", "--dry-run", f"--configfile={tmp_path / 'bad.yaml'}", cwd=clone)
     assert proc.returncode != 0
     assert named in proc.log, proc.log
+    assert not jobs_of(proc.log), "a job was scheduled before the config was checked"
 
 
-def test_every_wildcard_is_constrained():
-    # A value outside the config's lists matches no rule, instead of starting a run.
+def test_config_overrides_of_list_keys_work(clone):
+    jobs = dry_run("paper_figures/fig2.pdf", "--config", "seeds=[0,1]", cwd=clone)
+    assert counts(jobs) == {"run": 3 * 2 * 2, "fig2": 1}
+    assert {w["seed"] for rule, w in jobs if rule == "run"} == {"0", "1"}
+
+
+def test_every_wildcard_is_constrained(clone):
+    # A value outside the config's lists, or a second spelling of a seed, matches no rule.
     for target in ["results/paper/runs/sac/hopper/100k/seedX/metrics.csv",
-                   "results/paper/ablations/no_such/hopper/500k/seed0/metrics.csv"]:
-        proc = snakemake("--dry-run", target)
+                   "results/paper/runs/musbo/hopper/500k/seed00/metrics.csv",
+                   "results/paper/ablations/no_such/hopper/500k/seed0/metrics.csv",
+                   "results/paper/readings/no_such/halfcheetah/500k/seed0/metrics.csv"]:
+        proc = snakemake("--dry-run", target, cwd=clone)
         assert proc.returncode != 0 and "MissingRuleException" in proc.log, (target, proc.log)
+    proc = snakemake("--dry-run", "results/paper/runs/musbo/hopper/500k/seed7/metrics.csv", cwd=clone)
+    assert proc.returncode != 0 and "not a run of profile paper" in proc.log, proc.log
     text = "\n".join(p.read_text() for p in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))])
-    used = set(re.findall(r"\{\{(\w+)\}\}", text))
+    # the run_config rule constrains its own kind and name (run_wildcard names algo, ablation, reading)
+    used = (set(re.findall(r"\{\{(\w+)\}\}", text)) - {"kind", "name", "run_wildcard"}) | {"algo", "ablation", "reading"}
     constrained = set(re.findall(r"^\s+(\w+)=", text.split("wildcard_constraints:")[1].split("\n\n")[0], re.M))
-    assert used and used <= constrained, (used, constrained)
+    assert used <= constrained, (used, constrained)
 
 
-# ------------------------------------------------------------------ dry runs
-def test_paper_dry_run_lists_150_training_runs_plus_ablations_and_analysis():
+# ------------------------------------------------------------------ the user's commands, as typed
+def test_the_users_command_schedules_the_paper_grid_on_a_fresh_clone(clone):
     config = profile_config("paper")
-    jobs = dry_run("all")
+    proc = snakemake("-n", "--cores", "8", "all", cwd=clone)  # no --profile: profiles/default loads itself
+    assert proc.returncode == 0, proc.log
+    assert "profiles/default" in proc.log
+    jobs = jobs_of(proc.log)
     runs = [w for rule, w in jobs if rule == "run"]
-    assert len(runs) == 150 == 3 * 5 * 2 * 5
     assert {(w["algo"], w["env"], w["budget"], w["seed"]) for w in runs} == {
-        (a, e, b, str(s)) for a in ["musbo", "bremen", "mopo"] for e in ENVS for b in ["500k", "250k"]
-        for s in range(5)}
-    expected = {"run": 150, "ablation_run": len(config["ablations"]) * len(config["ablation_seeds"]),
-                "all": 1, **{target: 1 for target in ANALYSIS_FILES}}
-    assert counts(jobs) == expected
+        (a, e, b, str(s)) for a in ALGOS for e in ENVS for b in ["500k", "250k"] for s in range(5)}
+    variants = len(config["ablation_seeds"])
+    assert counts(jobs) == {"run": 150, "ablation_run": len(config["ablations"]) * variants,
+                            "reading_run": len(config["readings"]) * variants, "all": 1,
+                            **analysis_jobs(ANALYSIS_FILES)}
+
+
+def test_one_figure_as_typed_schedules_exactly_its_runs(clone):
+    proc = snakemake("-n", "paper_figures/fig2.pdf", cwd=clone)  # no --cores: profiles/default gives them
+    assert proc.returncode == 0, proc.log
+    jobs = jobs_of(proc.log)
+    assert counts(jobs) == {"run": 30, "fig2": 1}
+    assert {(w["env"], w["budget"]) for rule, w in jobs if rule == "run"} == {("walker2d", "500k"), ("hopper", "500k")}
+
+
+def test_committed_mini_runs_are_up_to_date_on_a_fresh_clone(clone):
+    # `make figures` on a fresh clone redraws; it redoes no committed run (their configs are
+    # committed beside them and checked out first).
+    committed = sorted(p for kind in ("runs", "ablations", "readings")
+                       for p in (clone / "results/mini" / kind).glob("*/*/*/seed*") if (p / "metrics.csv").is_file())
+    assert committed, "no committed mini run"
+    for run in committed:
+        assert Path(f"{run}.run_config.yaml").is_file(), f"{run}: its run config is not committed"
+    jobs = dry_run("all", "--configfile=config/mini.yaml", cwd=clone, force=False)
+    redone = [(rule, w) for rule, w in jobs if rule in TRAINING_RULES
+              and (clone / "results/mini" / {"run": "runs", "ablation_run": "ablations", "reading_run": "readings"}[rule]
+                   / (w.get("algo") or w.get("ablation") or w.get("reading")) / w["env"] / w["budget"] / f"seed{w['seed']}"
+                   / "metrics.csv").is_file()]
+    assert not redone, redone
 
 
 @pytest.mark.parametrize("profile, runs", [("mini", 60), ("smoke", 30)])
-def test_mini_and_smoke_grids(profile, runs):
+def test_mini_and_smoke_grids_write_their_own_folder(clone, profile, runs):
     config = profile_config(profile)
-    jobs = dry_run("all", f"--configfile=config/{profile}.yaml")
+    proc = snakemake("all", "--dry-run", "--forceall", f"--configfile=config/{profile}.yaml", cwd=clone)
+    assert proc.returncode == 0, proc.log
+    jobs = jobs_of(proc.log)
     assert counts(jobs)["run"] == runs == 3 * 5 * 2 * len(config["seeds"])
     assert counts(jobs)["ablation_run"] == len(config["ablations"]) * len(config["ablation_seeds"])
+    assert counts(jobs)["reading_run"] == len(config["readings"]) * len(config["ablation_seeds"])
+    outputs = set(re.findall(r"^\s+output: (.*)$", proc.log, re.M))
+    figures = {f for line in outputs for f in line.split(", ") if f.startswith("paper_figures/")}
+    assert figures and all(f.startswith(f"paper_figures/{profile}/") for f in figures), figures
 
 
-def test_fig2_alone_runs_only_walker2d_and_hopper_at_500k():
-    jobs = dry_run("paper_figures/fig2.pdf")
-    assert counts(jobs) == {"run": 30, "fig2": 1}
-    assert {w["env"] for rule, w in jobs if rule == "run"} == {"walker2d", "hopper"}
-    assert {w["budget"] for rule, w in jobs if rule == "run"} == {"500k"}
+def test_a_users_own_profile_is_one_yaml_file(clone, tmp_path):
+    (clone / "config" / "mine.yaml").write_text(
+        "profile: mine\nseeds: [3]\nablation_seeds: [3]\nenvs: [hopper]\nalgos: [musbo]\n"
+        "run: {defaults: {gamma: 0.98}}\n")
+    try:
+        jobs = dry_run("all", "--configfile=config/mine.yaml", cwd=clone)
+        runs = [w for rule, w in jobs if rule == "run"]
+        assert {(w["algo"], w["env"], w["seed"]) for w in runs} >= {("musbo", "hopper", "3")}
+        written = yaml.safe_load((clone / "results/mine/runs/musbo/hopper/500k/seed3.run_config.yaml").read_text())
+        assert written["gamma"] == 0.98 and written["profile"] == "mine" and written["seed"] == 3
+    finally:
+        (clone / "config" / "mine.yaml").unlink()
 
 
 @pytest.mark.parametrize("target, envs, budget", [
@@ -155,70 +243,147 @@ def test_fig2_alone_runs_only_walker2d_and_hopper_at_500k():
     ("paper_figures/fig4.pdf", {"walker2d", "hopper"}, "250k"),
     ("paper_figures/fig5.pdf", {"ant", "cheetah-run", "halfcheetah"}, "250k"),
 ])
-def test_each_learning_curve_figure_alone(target, envs, budget):
-    jobs = dry_run(target)
+def test_each_learning_curve_figure_alone(clone, target, envs, budget):
+    jobs = dry_run(target, cwd=clone)
     runs = [w for rule, w in jobs if rule == "run"]
     assert {w["env"] for w in runs} == envs and {w["budget"] for w in runs} == {budget}
     assert len(runs) == 3 * len(envs) * 5
 
 
-def test_fig6_and_table1_use_their_env_and_the_ablation_seeds():
+def test_fig6_and_table1_use_their_env_and_the_ablation_seeds(clone):
     config = profile_config("paper")
     seeds = {str(s) for s in config["ablation_seeds"]}
-    fig6 = [w for rule, w in dry_run("paper_figures/fig6.pdf") if rule == "run"]
+    fig6 = [w for rule, w in dry_run("paper_figures/fig6.pdf", cwd=clone) if rule == "run"]
     assert {(w["algo"], w["env"], w["budget"]) for w in fig6} == {
         ("musbo", config["model_eval_env"], "500k"), ("bremen", config["model_eval_env"], "500k")}
     assert {w["seed"] for w in fig6} == seeds and len(fig6) == 2 * len(seeds)
-    table1 = dry_run("paper_figures/table1_novelty.csv")
+    table1 = dry_run("paper_figures/table1_novelty.csv", cwd=clone)
     assert counts(table1) == {"run": 3 * len(seeds), "table1": 1}
     assert {(w["env"], w["budget"]) for rule, w in table1 if rule == "run"} == {(config["novelty_env"], "500k")}
 
 
-def test_table2_alone_needs_no_run_and_ablation_needs_musbo_and_its_ablations():
-    assert counts(dry_run("table2")) == {"table2": 1}
+def test_table2_needs_no_run_and_ablation_and_readings_need_musbo_and_their_variants(clone):
+    assert counts(dry_run("table2", cwd=clone)) == {"table2": 1}
     config = profile_config("paper")
-    jobs = dry_run("paper_figures/ablation.pdf")
     seeds = len(config["ablation_seeds"])
-    assert counts(jobs) == {"run": seeds, "ablation_run": len(config["ablations"]) * seeds, "ablation": 1}
-    assert {(w["algo"], w["env"], w["budget"]) for rule, w in jobs if rule == "run"} == {
-        ("musbo", config["ablation_env"], config["ablation_budget"])}
+    for target, rule, names in (("ablation", "ablation_run", "ablations"), ("readings", "reading_run", "readings")):
+        jobs = dry_run(f"paper_figures/{target}.pdf", cwd=clone)
+        assert counts(jobs) == {"run": seeds, rule: len(config[names]) * seeds, target: 1}
+        assert {(w["algo"], w["env"], w["budget"]) for r, w in jobs if r == "run"} == {
+            ("musbo", config["ablation_env"], config["ablation_budget"])}
 
 
-def test_training_jobs_carry_threads_resources_log_and_benchmark():
-    config = profile_config("paper")["resources"]
-    proc = snakemake("--dry-run", "--forceall", "--cores=8", "results/paper/runs/musbo/hopper/500k/seed0/metrics.csv")
-    assert proc.returncode == 0, proc.log
-    assert re.search(rf"^\s+threads: {config['threads']}$", proc.log, re.M), proc.log
-    resources = re.search(r"^\s+resources: (.*)$", proc.log, re.M).group(1).split(", ")
-    assert {f"runtime={config['runtime_min']['hopper']}", f"mem_mb={config['mem_mb']}",
-            f"gpu={config['gpu']}"} <= set(resources), resources
-    assert "log: logs/paper/runs/musbo/hopper/500k/seed0.log" in proc.log
-    assert "benchmark: benchmarks/paper/runs/musbo/hopper/500k/seed0.tsv" in proc.log
+def test_each_run_gets_its_resolved_config_with_its_switches(clone):
+    dry_run("readings", cwd=clone)
+    config = profile_config("paper")
+    env, budget = config["ablation_env"], config["ablation_budget"]
+    for kind, switches in (("ablations", config["ablation_switches"]), ("readings", config["reading_switches"])):
+        for name, sets in switches.items():
+            if name not in config[kind]:
+                continue
+            cfg = yaml.safe_load((clone / f"results/paper/{kind}/{name}/{env}/{budget}/seed0.run_config.yaml").read_text())
+            assert cfg["algo"] == "musbo" and cfg["env"] == env and cfg["seed"] == 0
+            for switch in sets:
+                key, value = switch.split("=", 1)
+                leaf = cfg
+                for part in key.split("."):
+                    leaf = leaf[part]
+                assert leaf == yaml.safe_load(value), (name, switch)
+    hopper = yaml.safe_load((clone / "results/paper/runs/musbo/hopper/500k/seed0.run_config.yaml").read_text())
+    assert hopper["deployments"] == config["run"]["envs"]["hopper"]["deployments"]  # run.envs merged in
+
+
+def test_training_jobs_carry_threads_resources_log_and_benchmark(clone):
+    for profile in ("paper", "mini"):
+        config = profile_config(profile)["resources"]
+        proc = snakemake("--dry-run", "--forceall", "--cores=8", f"results/{profile}/runs/musbo/hopper/500k/seed0/metrics.csv",
+                         f"--configfile=config/{profile}.yaml", cwd=clone)
+        assert proc.returncode == 0, proc.log
+        if config["threads"] > 1:  # Snakemake does not print one thread
+            assert re.search(rf"^\s+threads: {config['threads']}$", proc.log, re.M), proc.log
+        resources = re.search(r"^\s+resources: (.*)$", proc.log, re.M).group(1).split(", ")
+        assert {f"runtime={config['runtime_min']['hopper']}", f"mem_mb={config['mem_mb']}",
+                f"gpu={config['gpu']}"} <= set(resources), resources
+        assert f"log: logs/{profile}/runs/musbo/hopper/500k/seed0.log" in proc.log
+        assert f"benchmark: benchmarks/{profile}/runs/musbo/hopper/500k/seed0.tsv" in proc.log
+        assert f"--run-config results/{profile}/runs/musbo/hopper/500k/seed0.run_config.yaml" in proc.log
+    assert profile_config("paper")["resources"]["gpu"] == 1
+    assert profile_config("mini")["resources"]["gpu"] == profile_config("smoke")["resources"]["gpu"] == 0
     rules = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
     assert rules.count('"../environment.yml"') == rules.count("shell:"), "every rule needs conda:"
-    assert (ROOT / "rules" / "../environment.yml").resolve().is_file()  # relative to rules/*.smk
 
 
-def test_slurm_profile_tracks_jobs_with_squeue_and_asks_a_gpu_per_training_job():
+def test_analysis_jobs_are_local_rules():
+    # On a cluster they run beside Snakemake (tests/test_slurm.py sees none of them in squeue).
+    analysis = (ROOT / "rules/analysis.smk").read_text()
+    assert analysis.count("    rule:") == 1  # one rule per target, made in a loop
+    assert re.search(r"^\s+localrule: True$", analysis.split("    rule:")[1], re.M)
+    runs = (ROOT / "rules/runs.smk").read_text()
+    training = runs.split("rule run_config:")[0]
+    assert "localrule" not in training
+
+
+# ------------------------------------------------------------------ profiles
+def test_slurm_profiles():
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
-    # squeue, not sacct: without accounting, sacct fails and the executor waits forever
-    assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
+    assert profile["executor"] == "slurm"
     assert profile["rerun-incomplete"] and profile["keep-going"] and profile["retries"] >= 1
-    for rule in ("run", "ablation_run"):
-        assert profile["set-resources"][rule]["gres"].startswith("gpu:")
-        assert profile["set-resources"][rule]["slurm_partition"]
-    options = set(re.findall(r"--[\w-]+", snakemake("--help").log))
-    assert {f"--{key}" for key in profile if key.startswith("slurm-")} <= options  # the plugin's names
+    # the GPU request comes from config resources.gpu (the rules' `gpu` resource), not from here
+    assert "set-resources" not in profile and "gres" not in str(profile.get("default-resources"))
+    partitions = yaml.safe_load((ROOT / profile["slurm-partition-config"]).read_text())["partitions"]
+    assert any(p.get("max_gpu", 0) > 0 for p in partitions.values())
+    assert any(p.get("max_gpu", 0) == 0 for p in partitions.values())
+    # what only the local test cluster needs lives in the test's own profile
+    test_profile = yaml.safe_load((ROOT / "tests/slurm_profile/config.yaml").read_text())
+    assert test_profile["slurm-status-command"] == "squeue" and "slurm-status-command" not in profile
+    assert "slurm-init-seconds-before-status-checks" not in profile
+    options = set(re.findall(r"--[\w-]+", snakemake("--help", cwd=ROOT).log))
+    assert {f"--{key}" for key in {**profile, **test_profile} if key.startswith("slurm-")} <= options
+    default = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
+    assert default["keep-going"] and default["rerun-incomplete"] and default["cores"] == "all"
+
+
+# ------------------------------------------------------------------ Snakemake's own Python
+BLOCK_MODULES = '''
+import sys
+class _Block:
+    """Makes the named modules unimportable, as in a Python where they are not installed."""
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "gymnasium"}:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+sys.meta_path.insert(0, _Block())
+'''
+
+
+def test_snakemake_without_the_projects_packages_fails_once_naming_the_fix(clone, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_MODULES)
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = snakemake("all", "--dry-run", "--cores=1", "--configfile=config/smoke.yaml", cwd=clone, env=env)
+    assert proc.returncode != 0
+    assert proc.log.count("cannot import torch, gymnasium") == 1, proc.log
+    assert "make setup" in proc.log and "--use-conda" in proc.log
+    assert not jobs_of(proc.log)
+    # with --use-conda the jobs bring their own environment: the Snakefile loads, and each run's
+    # config is resolved by a local job of rule run_config in it, from a request written now
+    # (--list-rules: this machine has no conda for a dry run to check)
+    proc = snakemake("--list-rules", "--use-conda", "--configfile=config/smoke.yaml", cwd=clone, env=env)
+    assert proc.returncode == 0, proc.log
+    assert {"run", "run_config"} <= set(proc.stdout.split())
+    request = yaml.safe_load((clone / "results/smoke/run_requests/runs/musbo/hopper/500k/seed0.yaml").read_text())
+    assert request["profile"] == "smoke" and set(request["run"]["envs"]) == {"hopper"}
 
 
 # ------------------------------------------------------------------ stand-in runs
 STUB_RUN = '''
-import argparse, os, pathlib, sys
+import argparse, os, pathlib, shutil, sys, yaml
 p = argparse.ArgumentParser()
-for name in ("--algo", "--env", "--budget", "--seed", "--profile", "--out"):
-    p.add_argument(name, required=True)
-p.add_argument("--set", dest="overrides", action="append", default=[])
+p.add_argument("--run-config", required=True)
+p.add_argument("--out", required=True)
+p.add_argument("--replace-stale", action="store_true")
 a = p.parse_args()
+text = pathlib.Path(a.run_config).read_text()
+cfg = yaml.safe_load(text)
 out = pathlib.Path(a.out)
 (out / "checkpoints").mkdir(parents=True, exist_ok=True)
 checkpoint = out / "checkpoints" / "deployment_1.pt"
@@ -226,8 +391,8 @@ with open(out / "attempts.txt", "a") as f:
     f.write(("resumed" if checkpoint.exists() else "fresh") + "\\n")
 resumed = checkpoint.exists()
 checkpoint.write_text("state")
-(out / "config.yaml").write_text("overrides: %r\\n" % a.overrides)
-which = f"{a.algo}/{a.env}/{a.budget}/seed{a.seed}"
+(out / "config.yaml").write_text(text)
+which = f"{cfg['algo']}/{cfg['env']}/{cfg['budget']}/seed{cfg['seed']}"
 if which == os.environ.get("STUB_FAIL_ONCE") and not resumed:
     sys.exit("stand-in: failing the first attempt after a checkpoint")
 if which == os.environ.get("STUB_FAIL_ALWAYS"):
@@ -244,7 +409,7 @@ import argparse, pathlib
 FILES = %r
 p = argparse.ArgumentParser()
 p.add_argument("target")
-for name in ("--profile", "--results", "--out"):
+for name in ("--profile", "--config", "--results", "--out"):
     p.add_argument(name, required=True)
 a = p.parse_args()
 for name in FILES[a.target]:
@@ -254,18 +419,19 @@ for name in FILES[a.target]:
 
 @pytest.fixture
 def stub_workflow(tmp_path):
-    """The real workflow, with stand-ins for `python -m algos.run` and `python -m analysis`."""
-    copy_workflow(tmp_path, with_code=False)
-    for package, main in (("algos", ("run.py", STUB_RUN)), ("analysis", ("__main__.py", STUB_ANALYSIS % ANALYSIS_FILES))):
-        (tmp_path / package).mkdir()
-        (tmp_path / package / "__init__.py").write_text("")
-        (tmp_path / package / main[0]).write_text(main[1])
-    return tmp_path
+    """A fresh clone with stand-ins for `python -m algos.run` and `python -m analysis`."""
+    repo = fresh_clone(tmp_path / "repo")
+    (repo / "algos" / "run.py").write_text(STUB_RUN)
+    (repo / "analysis" / "__main__.py").write_text(STUB_ANALYSIS % ANALYSIS_FILES)
+    return repo
+
+
+SMOKE = "--configfile=config/smoke.yaml"
 
 
 def test_a_failed_run_is_retried_and_resumes_from_its_checkpoints(stub_workflow):
     run = "results/smoke/runs/mopo/ant/500k/seed0"
-    proc = snakemake(f"{run}/metrics.csv", "--cores", "1", "--configfile=config/smoke.yaml",
+    proc = snakemake(f"{run}/metrics.csv", "--cores", "1", SMOKE,
                      cwd=stub_workflow, env={"STUB_FAIL_ONCE": "mopo/ant/500k/seed0"})
     assert proc.returncode == 0, proc.log
     assert (stub_workflow / run / "attempts.txt").read_text().split() == ["fresh", "resumed"]
@@ -273,43 +439,64 @@ def test_a_failed_run_is_retried_and_resumes_from_its_checkpoints(stub_workflow)
     assert (stub_workflow / "benchmarks/smoke/runs/mopo/ant/500k/seed0.tsv").is_file()
 
 
-def test_keep_going_finishes_the_other_runs_and_keeps_the_failed_runs_checkpoints(stub_workflow):
+def test_keep_going_then_an_edit_reruns_exactly_the_runs_it_changes(stub_workflow):
     failing = "mopo/ant/500k/seed0"
-    proc = snakemake("all", "--cores", "2", "--keep-going", "--configfile=config/smoke.yaml",
-                     cwd=stub_workflow, env={"STUB_FAIL_ALWAYS": failing})
-    assert proc.returncode != 0
+    proc = snakemake("all", "--cores", "2", SMOKE, cwd=stub_workflow, env={"STUB_FAIL_ALWAYS": failing})
+    assert proc.returncode != 0  # keep-going comes from profiles/default
     runs = stub_workflow / "results/smoke/runs"
     finished = {str(p.parent.relative_to(runs)) for p in runs.glob("*/*/*/*/metrics.csv")}
-    assert len(finished) == 29 and f"{failing}" not in finished
+    assert len(finished) == 29 and failing not in finished
     failed = runs / failing
     assert (failed / "checkpoints/deployment_1.pt").is_file(), "Snakemake deleted the resume state"
     assert not (failed / "metrics.csv").exists()
-    figures = stub_workflow / "paper_figures"
-    for done in ("fig2", "fig4", "fig5", "fig6", "table1", "table2", "ablation"):  # do not read mopo/ant/500k
+    figures = stub_workflow / "paper_figures/smoke"
+    for done in ("fig2", "fig4", "fig5", "fig6", "table1", "table2", "ablation", "readings"):  # no mopo/ant/500k
         assert all((figures / f).is_file() for f in ANALYSIS_FILES[done]), done
-    for blocked in ("fig3", "aggregate", "claims", "report"):
+    for blocked in ("fig3", "aggregate", "diagnostics", "claims", "report"):
         assert not any((figures / f).exists() for f in ANALYSIS_FILES[blocked]), blocked
-    # the ablation runs got their switches from config ablation_switches
-    switches = profile_config("smoke")["ablation_switches"]
-    for ablation, sets in switches.items():
-        seen = yaml.safe_load((stub_workflow / f"results/smoke/ablations/{ablation}/halfcheetah/500k/seed0/config.yaml").read_text())
-        assert seen["overrides"] == sets
+    assert not (stub_workflow / "paper_figures/fig2.pdf").exists()  # the paper profile's file
 
     # The next invocation redoes only the failed run (resuming) and what reads it.
-    proc = snakemake("all", "--cores", "2", "--configfile=config/smoke.yaml", cwd=stub_workflow)
+    proc = snakemake("all", "--cores", "2", SMOKE, cwd=stub_workflow)
     assert proc.returncode == 0, proc.log
-    assert counts(jobs_of(proc.log)) == {"run": 1, "fig3": 1, "aggregate": 1, "claims": 1, "report": 1, "all": 1}
+    assert counts(jobs_of(proc.log)) == {"run": 1, "fig3": 1, "aggregate": 1, "diagnostics": 1, "claims": 1,
+                                         "report": 1, "all": 1}
     assert "resumed" in (failed / "attempts.txt").read_text()
+    assert counts(dry_run("all", SMOKE, cwd=stub_workflow, force=False)) == {}, "not up to date"
+
+    # One value of the profile file: exactly the runs it changes are redone.
+    smoke = stub_workflow / "config/smoke.yaml"
+    text = smoke.read_text()
+    edited = text.replace("hopper: {deployments: 3,", "hopper: {deployments: 4,")
+    assert edited != text
+    smoke.write_text(edited)
+    jobs = dry_run("all", SMOKE, cwd=stub_workflow, force=False)
+    redone = {(w["algo"], w["env"], w["budget"]) for rule, w in jobs if rule == "run"}
+    assert redone == {(a, "hopper", b) for a in ALGOS for b in ("500k", "250k")}
+    assert {rule for rule, _ in jobs if rule in TRAINING_RULES} == {"run"}
+    # (every analysis job is redone: the merged config it draws for changed)
+    # an ablation's switch: that ablation's runs only
+    config = profile_config("smoke")
+    ablation = config["ablations"][0]
+    smoke.write_text(edited + f"ablation_switches: {{{ablation}: [musbo.alpha=0.5]}}\n")
+    jobs = dry_run("all", SMOKE, cwd=stub_workflow, force=False)
+    assert {(rule, w.get("ablation")) for rule, w in jobs if rule in TRAINING_RULES} == (
+        {("run", None)} | {("ablation_run", ablation)})
+    # and a --configfile on top: its run section reaches the runs
+    (stub_workflow / "extra.yaml").write_text("run: {envs: {halfcheetah: {trpo: {delta: 0.02}}}}\n")
+    proc = snakemake("all", "--cores", "2", "--configfile", "config/smoke.yaml", "extra.yaml", cwd=stub_workflow)
+    assert proc.returncode == 0, proc.log
+    seen = yaml.safe_load((runs / "musbo/halfcheetah/500k/seed0/config.yaml").read_text())
+    assert seen["trpo"]["delta"] == 0.02
+    seen = yaml.safe_load((stub_workflow / f"results/smoke/ablations/{ablation}/halfcheetah/500k/seed0/config.yaml").read_text())
+    assert seen["musbo"]["alpha"] == 0.5 and seen["trpo"]["delta"] == 0.02
 
 
 def test_killing_snakemake_and_a_job_then_rerunning_completes_without_redoing_finished_runs(stub_workflow):
-    import os
-    import signal
-    import subprocess
-    import time
     hanging = "bremen/hopper/250k/seed0"
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "all", "--cores", "2", "--configfile=config/smoke.yaml"]
-    proc = subprocess.Popen(cmd, cwd=stub_workflow, env={**os.environ, "STUB_HANG": hanging},
+    cmd = [sys.executable, "-m", "snakemake", "all", "--cores", "2", SMOKE]
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    proc = subprocess.Popen(cmd, cwd=stub_workflow, env={**os.environ, "PATH": path, "STUB_HANG": hanging},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     runs = stub_workflow / "results/smoke/runs"
     deadline = time.time() + 240
@@ -320,8 +507,8 @@ def test_killing_snakemake_and_a_job_then_rerunning_completes_without_redoing_fi
     proc.wait()
     finished_before = {p.parent for p in runs.glob("*/*/*/*/metrics.csv")}
     assert 0 < len(finished_before) < 30 and not (runs / hanging / "metrics.csv").exists()
-    snakemake("--unlock", "--configfile=config/smoke.yaml", cwd=stub_workflow)
-    proc = snakemake("all", "--cores", "2", "--rerun-incomplete", "--configfile=config/smoke.yaml", cwd=stub_workflow)
+    snakemake("--unlock", SMOKE, cwd=stub_workflow)
+    proc = snakemake("all", "--cores", "2", SMOKE, cwd=stub_workflow)
     assert proc.returncode == 0, proc.log
     rerun = {(w["algo"], w["env"], w["budget"], w["seed"]) for rule, w in jobs_of(proc.log) if rule == "run"}
     redone = {runs / a / e / b / f"seed{sd}" for a, e, b, sd in rerun} & finished_before
@@ -331,20 +518,47 @@ def test_killing_snakemake_and_a_job_then_rerunning_completes_without_redoing_fi
 
 
 # ------------------------------------------------------------------ the real thing
+def test_an_edited_profile_reruns_its_runs_for_real_keeping_the_old_ones_aside(tmp_path):
+    repo = fresh_clone(tmp_path / "repo")
+    targets = [f"results/smoke/runs/musbo/{env}/250k/seed0/metrics.csv" for env in ("hopper", "halfcheetah")]
+    proc = snakemake(*targets, "--cores", "2", SMOKE, cwd=repo, timeout=600)
+    assert proc.returncode == 0, proc.log[-20000:]
+    hopper, cheetah = (repo / targets[0]).parent, (repo / targets[1]).parent
+    before = (hopper / "metrics.csv").read_text()
+    smoke = repo / "config/smoke.yaml"
+    smoke.write_text(smoke.read_text().replace("hopper: {deployments: 3,", "hopper: {deployments: 2,"))
+    proc = snakemake(*targets, "--cores", "2", SMOKE, cwd=repo, timeout=600)
+    assert proc.returncode == 0, proc.log[-20000:]
+    assert [(rule, w["env"]) for rule, w in jobs_of(proc.log)] == [("run", "hopper")]
+    stale = list(hopper.glob("stale-*"))
+    assert len(stale) == 1 and (stale[0] / "metrics.csv").read_text() == before, "the old run was not kept"
+    assert yaml.safe_load((stale[0] / "config.yaml").read_text())["deployments"] == 3
+    assert yaml.safe_load((hopper / "config.yaml").read_text())["deployments"] == 2
+    assert len((hopper / "metrics.csv").read_text().strip().splitlines()) == 1 + 2  # header + deployments 1, 2
+    assert not list(cheetah.glob("stale-*"))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_the_smoke_workflow_produces_every_figure_and_table(tmp_path):
-    copy_workflow(tmp_path)
-    proc = snakemake("all", "--profile", "profiles/local", "--cores", "2", "--configfile=config/smoke.yaml",
-                     cwd=tmp_path, timeout=1700)
+def test_the_smoke_workflow_produces_every_figure_table_and_the_report(tmp_path):
+    repo = fresh_clone(tmp_path / "repo")
+    proc = snakemake("all", "--cores", "2", SMOKE, cwd=repo, timeout=1700)
     assert proc.returncode == 0, proc.log[-20000:]
+    figures = repo / "paper_figures" / "smoke"
     for files in ANALYSIS_FILES.values():
         for name in files:
-            assert (tmp_path / "paper_figures" / name).stat().st_size > 0, name
+            assert (figures / name).stat().st_size > 0, name
     config = profile_config("smoke")
     for algo in config["algos"]:
         for env in config["envs"]:
             for budget in config["budgets"]:
                 for seed in config["seeds"]:
-                    run = tmp_path / f"results/smoke/runs/{algo}/{env}/{budget}/seed{seed}"
+                    run = repo / f"results/smoke/runs/{algo}/{env}/{budget}/seed{seed}"
                     assert all((run / f).is_file() for f in RUN_FILES), run
+    proc = snakemake("--report", "report.html", SMOKE, cwd=repo, timeout=600)
+    assert proc.returncode == 0, proc.log[-20000:]
+    html = (repo / "report.html").read_text()
+    for files in ANALYSIS_FILES.values():
+        for name in files:
+            assert name in html, name
+    assert "smoke" in html and "seeds 0" in html

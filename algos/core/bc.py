@@ -1,103 +1,183 @@
-"""Uncertainty-weighted behaviour cloning, the initial policy of each deployment (MUSBO eq. 11):
+"""Behaviour cloning, the initial policy of each deployment.
 
-    min_beta  1/|D| sum_{(s, a) in D}  1/2 * U-hat(s, a) * || a - pi_beta(s) ||^2
+MUSBO eq. 11:  min_beta  1/|D| sum_{(s, a) in D}  1/2 * U-hat(s, a) * || a - pi_beta(s) ||^2
+(pi_beta(s) the policy's tanh mean; weights of 1 give BREMEN's plain behaviour cloning).
 
-pi_beta(s) is the policy's tanh mean; weights of 1 give BREMEN's plain behaviour cloning.
+Two schedules (see docs/paper_to_code.md):
+- fixed steps (BREMEN: model/policies.py:143-168 of matsuolab/BREMEN runs `total_train_steps`
+  = 300,000 Adam steps of batch 256 over shuffled passes of the data, the last partial batch of
+  each pass dropped (data_collection.py:84-86), no holdout, no early stopping);
+- epochs with a holdout and a `StoppingRule` (MUSBO: "same split and early stop" as eq. 8,
+  patience 3; the best weights are restored).
 
-Choices (see docs/paper_to_code.md):
-- Only the mean network is trained; the log-std keeps its value (init_log_std for a fresh
-  policy). BREMEN's BC loss also drove the std to its floor, a known quirk we do not reproduce:
-  TRPO would start from a near-deterministic policy with no room to explore the model.
-- The policy's observation normaliser is set from the states of D first (and then stays
-  fixed through TRPO).
-- Adam, an 85/15 split drawn from `generator`, early stopping on the weighted validation loss
-  after `patience` epochs without improvement, the best weights restored.
+The observation normaliser (`set_bc_normalizer`): BREMEN's behaviour policy keeps running sums
+over every batch it has cloned (misc_utils.py:94-101, recursive.py:240-242): mean and
+var = max(E[s^2] - mean^2, 1e-2), std = sqrt(var + 1e-6). Each batch is cloned once, in order, so
+after deployment i these are the moments of B(1..i) = D_all: computed from D_all's states here
+(no state to carry through a resume).
+
+What is trained depends on the policy's log-std regime (algos/core/policy.py):
+- global log-std: the mean network only, on eq. 11 (the log-std is TRPO's);
+- state-dependent log-std head (BREMEN's policy): every parameter, on the error of a SAMPLED
+  action mean(s) + std(s) * eps (BREMEN's _get_bc_loss, model/policies.py:136-141), which drives
+  std(s) towards its lower bound. BREMEN's loss is the mean over the action entries; eq. 11's
+  1/2 * sum over them is the same up to the constant act_dim / 2 (Adam is invariant to it).
 """
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 
 from algos.core.policy import GaussianPolicy
+from algos.core.training import EarlyStopping, StoppingRule
+
+NORMALIZERS = ("all_batches", "cloned_data")
 
 
-def bc_loss(policy: GaussianPolicy, obs, act, weights) -> torch.Tensor:
-    """Eq. 11 on a batch: mean of 1/2 * w * ||a - tanh mean(s)||^2."""
-    sq_err = (act - policy.mean_action(obs)).pow(2).sum(-1)
-    return (0.5 * weights * sq_err).mean()
+def bc_loss(policy: GaussianPolicy, obs, act, weights, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 11 on a batch: mean of 1/2 * w * ||a - pi(s)||^2, pi(s) the tanh mean (global log-std)
+    or a sampled action mean(s) + std(s) * eps (state-dependent log-std, BREMEN)."""
+    if policy.state_dependent:
+        mean, log_std = policy.distribution(obs)
+        gen_device = generator.device if generator is not None else mean.device
+        eps = torch.randn(mean.shape, generator=generator, device=gen_device).to(mean.device)
+        pred = mean + log_std.exp() * eps
+    else:
+        pred = policy.mean_action(obs)
+    return (0.5 * weights * (act - pred).pow(2).sum(-1)).mean()
 
 
-def holdout_split(n: int, holdout: float, generator: torch.Generator | None):
-    """(train indices, validation indices): a random `holdout` fraction for validation, the
-    first draw from `generator` in weighted_bc (so a test can redraw it)."""
-    dev = generator.device if generator is not None else "cpu"
-    perm = torch.randperm(n, generator=generator, device=dev).cpu()
-    n_val = int(round(holdout * n)) if n > 1 else 0
-    return perm[n_val:], perm[:n_val]
+def bc_parameters(policy: GaussianPolicy) -> list[torch.nn.Parameter]:
+    """What behaviour cloning trains: every parameter with a state-dependent log-std head, else
+    the mean network."""
+    return policy.trpo_parameters() if policy.state_dependent else policy.mean_parameters()
 
 
-def _check_finite(loss: torch.Tensor, what: str) -> None:
-    if not bool(torch.isfinite(loss)):
-        raise FloatingPointError(f"non-finite behaviour cloning {what} loss {float(loss)} (phase=bc)")
+def normalizer_moments(states, var_floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """BREMEN's RunningStats over `states`: (mean, sqrt(max(var, var_floor) + 1e-6)), var the
+    population variance."""
+    x = np.asarray(states, dtype=np.float64)
+    mean = x.mean(0)
+    var = np.maximum(np.square(x).mean(0) - np.square(mean), var_floor)
+    return mean, np.sqrt(var + 1e-6)
 
 
-def weighted_bc(policy: GaussianPolicy, obs, act, weights, *, lr: float, batch_size: int, holdout: float,
-                patience: int, max_epochs: int, generator: torch.Generator | None, progress: bool = False) -> dict:
-    """Fit the policy mean to (obs, act) by eq. 11. `weights` [n] are the labels U-hat(s, a)
-    (None: all 1). Without a validation set (holdout 0 or a single sample) the training loss
-    stands in for it."""
-    device = policy.log_std.device
-    obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
-    act = torch.as_tensor(act, dtype=torch.float32, device=device)
+def set_bc_normalizer(policy: GaussianPolicy, kind: str, cloned_obs, all_obs, var_floor: float) -> None:
+    """all_batches: BREMEN's running statistics of every state cloned so far (= D_all), with the
+    variance floor; cloned_data: mean and std of the states being cloned (the project's old rule)."""
+    if kind == "all_batches":
+        mean, std = normalizer_moments(all_obs, var_floor)
+    elif kind == "cloned_data":
+        x = torch.as_tensor(np.asarray(cloned_obs), dtype=torch.float32)
+        mean, std = x.mean(0), (x.std(0) if len(x) > 1 else torch.ones(x.shape[1]))
+    else:
+        raise ValueError(f"bc.obs_normalizer must be one of {NORMALIZERS}, got {kind!r}")
+    policy.set_obs_normalizer(mean, std)
+
+
+def _check_finite(loss: float, what: str) -> None:
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"non-finite behaviour cloning {what} loss {loss} (phase=bc): lower bc.lr "
+                                 "or check the data")
+
+
+def _tensors(data: dict, weights, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    obs = torch.as_tensor(np.asarray(data["obs"]), dtype=torch.float32, device=device)
+    act = torch.as_tensor(np.asarray(data["act"]), dtype=torch.float32, device=device)
     n = obs.shape[0]
-    weights = (torch.ones(n, device=device) if weights is None
-               else torch.as_tensor(weights, dtype=torch.float32, device=device).reshape(n))
-    policy.set_obs_normalizer(obs.mean(0), obs.std(0) if n > 1 else torch.ones(obs.shape[1]))
+    w = (torch.ones(n, device=device) if weights is None
+         else torch.as_tensor(np.asarray(weights), dtype=torch.float32, device=device).reshape(n))
+    return obs, act, w
 
-    train_idx, val_idx = holdout_split(n, holdout, generator)
-    train_idx, val_idx = train_idx.to(device), val_idx.to(device)
-    params = policy.mean_parameters()
+
+def weighted_bc(policy: GaussianPolicy, train: dict, weights, *, lr: float, batch_size: int,
+                generator: torch.Generator | None, steps: int | None = None, holdout: dict | None = None,
+                holdout_weights=None, stopping: StoppingRule | None = None, scalars=None) -> dict:
+    """Fit the policy mean to train["obs"], train["act"] by eq. 11 with weights [n] (None: 1).
+
+    steps: that many Adam steps (BREMEN), no validation. Otherwise epochs under `stopping`,
+    validated on `holdout` (the training data when None or empty), best weights restored.
+    Records `bc_loss` (phase "bc", step = pass over the data) and, with a holdout, `holdout_loss`."""
+    if (steps is None) == (stopping is None):
+        raise ValueError("weighted_bc needs exactly one of steps (fixed schedule) or stopping (early stopping)")
+    device = policy.obs_mean.device
+    obs, act, w = _tensors(train, weights, device)
+    n = obs.shape[0]
+    if n == 0:
+        raise ValueError("behaviour cloning got no data: check the dataset passed to clone_policy")
+    if holdout is not None and len(holdout["obs"]) > 0:
+        v_obs, v_act, v_w = _tensors(holdout, holdout_weights, device)
+    else:
+        v_obs, v_act, v_w = obs, act, w
+    params = bc_parameters(policy)
     optimizer = torch.optim.Adam(params, lr=lr)
-
-    def validation_loss() -> float:
-        idx = val_idx if len(val_idx) > 0 else train_idx
-        with torch.no_grad():
-            loss = bc_loss(policy, obs[idx], act[idx], weights[idx])
-        _check_finite(loss, "validation")
-        return float(loss)
-
-    best_loss, best_epoch = validation_loss(), 0
-    best_state = [p.detach().clone() for p in params]
-    val_losses, train_loss, epochs_without_improvement, epoch = [], math.nan, 0, 0
-    epochs = range(1, max_epochs + 1)
-    if progress:
-        from tqdm import tqdm
-        epochs = tqdm(epochs, desc="weighted BC", leave=False)
-    for epoch in epochs:
-        dev = generator.device if generator is not None else "cpu"
-        perm = train_idx[torch.randperm(len(train_idx), generator=generator, device=dev).to(device)]
-        total = torch.zeros((), device=device)
-        for start in range(0, len(perm), batch_size):
-            idx = perm[start:start + batch_size]
-            loss = bc_loss(policy, obs[idx], act[idx], weights[idx])
+    gen_device = generator.device if generator is not None else "cpu"
+    full = min(batch_size, n)
+    state = EarlyStopping(stopping, 1) if stopping is not None else None
+    best = [p.detach().clone() for p in params]
+    taken, epoch, train_loss, val_losses = 0, 0, float("nan"), []
+    while True:
+        epoch += 1
+        perm = torch.randperm(n, generator=generator, device=gen_device).to(device)
+        total, count = torch.zeros((), device=device), 0
+        # BREMEN's passes drop the last partial batch; the epoch schedule keeps it
+        stop_at = n - full + 1 if steps is not None else n
+        for start in range(0, stop_at, full):
+            idx = perm[start:start + full]
+            loss = bc_loss(policy, obs[idx], act[idx], w[idx], generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(idx)
-        _check_finite(total, "training")  # once per epoch: no device sync per step
-        train_loss = float(total) / max(len(perm), 1)
-        val_losses.append(validation_loss())
-        if val_losses[-1] < best_loss:
-            best_loss, best_epoch, epochs_without_improvement = val_losses[-1], epoch, 0
-            best_state = [p.detach().clone() for p in params]
-        else:
-            epochs_without_improvement += 1
-            if epochs_without_improvement >= patience:
+            count += len(idx)
+            taken += 1
+            if steps is not None and taken >= steps:
                 break
-    with torch.no_grad():
-        for p, best in zip(params, best_state):
-            p.copy_(best)
-    return dict(epochs=epoch, best_epoch=best_epoch, best_val_loss=best_loss, val_losses=val_losses,
-                final_train_loss=train_loss, stopped_early=epoch < max_epochs, n_train=len(train_idx),
-                n_val=len(val_idx))
+        train_loss = float(total) / max(count, 1)  # one sync per pass
+        _check_finite(train_loss, "training")
+        if scalars is not None:
+            scalars.add("bc", "bc_loss", train_loss, epoch)
+        if steps is not None:
+            if taken >= steps:
+                break
+            continue
+        with torch.no_grad():
+            val = float(bc_loss(policy, v_obs, v_act, v_w, generator))
+        _check_finite(val, "validation")
+        val_losses.append(val)
+        if scalars is not None:
+            scalars.add("bc", "holdout_loss", val, epoch)
+        improved, _ = state.update(epoch, [val])
+        if improved[0]:
+            best = [p.detach().clone() for p in params]
+        if state.done(epoch):
+            break
+    if stopping is not None and stopping.keep == "best":
+        with torch.no_grad():
+            for p, b in zip(params, best):
+                p.copy_(b)
+    if scalars is not None:
+        scalars.add("bc", "steps", taken, 0)
+    return dict(epochs=epoch, steps=taken, final_train_loss=train_loss, val_losses=val_losses,
+                best_val_loss=None if state is None else float(state.best[0]),
+                best_epoch=None if state is None else int(state.best_epoch[0]), n_train=n,
+                n_val=0 if holdout is None else len(holdout["obs"]))
+
+
+def clone_policy(policy: GaussianPolicy, train: dict, cfg: dict, generator: torch.Generator, *,
+                 all_obs, weighted: bool = False, holdout: dict | None = None, early_stopping: bool = False,
+                 scalars=None) -> dict:
+    """Behaviour cloning with the sizes of cfg["bc"]: the normaliser from `all_obs` (D_all's
+    states, `bc.obs_normalizer`), then `bc.steps` steps (BREMEN) or, with `early_stopping`,
+    epochs validated on `holdout` with patience `bc.patience` (MUSBO). weighted: eq. 11's
+    weights are the labels U-hat of train / holdout; otherwise 1."""
+    b = cfg["bc"]
+    set_bc_normalizer(policy, b["obs_normalizer"], train["obs"], all_obs, b["obs_var_floor"])
+    weights = train["labels"] if weighted else None
+    holdout_weights = holdout["labels"] if (weighted and holdout is not None) else None
+    if early_stopping:
+        rule = StoppingRule(patience=b["patience"], max_epochs=b["max_epochs"], keep="best")
+        return weighted_bc(policy, train, weights, lr=b["lr"], batch_size=b["batch_size"], generator=generator,
+                           holdout=holdout, holdout_weights=holdout_weights, stopping=rule, scalars=scalars)
+    return weighted_bc(policy, train, weights, lr=b["lr"], batch_size=b["batch_size"], generator=generator,
+                       steps=b["steps"], scalars=scalars)

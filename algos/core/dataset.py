@@ -1,8 +1,12 @@
 """The data of all deployments, D_all = B(1) u ... u B(i), with the batches kept apart and one
-uncertainty label U-hat per transition, fixed when its batch arrived (eq. 9)."""
+uncertainty label U-hat per transition, fixed when its batch arrived (eq. 9), and the
+train / holdout splits of the model fits (`split`)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+SPLITS = ("batch_tail", "random")
 
 FIELDS = ("obs", "act", "rew", "next_obs", "terminated", "truncated", "episode_start")
 
@@ -49,6 +53,39 @@ class DeploymentDataset:
         if not self.batches:
             raise IndexError("the dataset is empty")
         return {**self.batches[-1], "labels": self.labels[-1]}
+
+    def holdout_mask(self, fraction: float) -> np.ndarray:
+        """[len(D_all)] bool: the last `fraction` of every batch, in its collection order (BREMEN's
+        split: path_collection.py:54-70 keeps the first int(0.85 n) rows of each new batch for
+        training and the rest for validation, recursive.py:210-213). A function of the batch
+        alone, so a row's side is fixed when its batch arrives and never changes as D_all grows."""
+        masks = []
+        for b in self.batches:
+            n = len(b["obs"])
+            mask = np.zeros(n, bool)
+            mask[int(n * (1.0 - fraction)):] = True
+            masks.append(mask)
+        return np.concatenate(masks)
+
+    def split(self, kind: str, fraction: float, generator: torch.Generator | None = None,
+              holdout_max: int | None = None, newest_only: bool = False) -> tuple[dict, dict]:
+        """(train, holdout) dicts of D_all (with "labels"), or of the newest batch B(i) alone.
+        batch_tail: `holdout_mask(fraction)` (BREMEN; MUSBO follows it).
+        random: a random `fraction` of D_all, capped at `holdout_max` rows, drawn from
+        `generator` at every call (MOPO's bnn.py:394-397; the project's old split)."""
+        data = self.newest() if newest_only else self.all()
+        n = len(data["obs"])
+        if kind == "batch_tail":
+            hold = self.holdout_mask(fraction)[-n:]
+        elif kind == "random":
+            n_hold = int(fraction * n) if holdout_max is None else min(int(fraction * n), int(holdout_max))
+            gen_device = generator.device if generator is not None else "cpu"
+            perm = torch.randperm(n, generator=generator, device=gen_device).cpu().numpy()
+            hold = np.zeros(n, bool)
+            hold[perm[:min(n_hold, n - 1)]] = True
+        else:
+            raise ValueError(f"the holdout split must be one of {SPLITS}, got {kind!r}")
+        return ({k: v[~hold] for k, v in data.items()}, {k: v[hold] for k, v in data.items()})
 
     def start_states(self, mode: str = "episode_starts") -> np.ndarray:
         """Start states of imagined rollouts: the first observation of every episode recorded in

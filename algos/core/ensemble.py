@@ -7,8 +7,10 @@
 - `DynamicsEnsemble`: the models of the paper. M-hat-theta (eq. 8: deterministic, MSE), the
   labeler P-hat-phi (eq. 10: Gaussian NLL; its means serve eqs. 9 and 12) and MOPO's model
   (Gaussian, predicts [delta s, r], learnable bounds, elites). Inputs [s, a] are standardised
-  with statistics of the data it is fitted on (D_all); targets are the standardised state delta
-  (and the standardised reward when `reward_target`).
+  with statistics of the training data; targets are the standardised state delta (and the
+  standardised reward when `reward_target`), or raw ones (`standardize_targets=False`, MOPO).
+
+The model only: algos/core/training.py trains it.
 """
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ class EnsembleMLP(nn.Module):
     def weight_decay_penalty(self, weight_decay: float | Sequence[float]) -> torch.Tensor:
         """sum_l wd_l * ||W_l||^2 / 2 over the weights (not biases) of every member: an L2
         penalty, per layer when `weight_decay` is a list (MOPO), as tf.nn.l2_loss."""
-        decays = _per_layer(weight_decay, len(self.layers))
+        decays = per_layer(weight_decay, len(self.layers))
         total = self.layers[0].weight.new_zeros(())
         for wd, layer in zip(decays, self.layers):
             if wd:
@@ -108,7 +110,7 @@ class EnsembleMLP(nn.Module):
         return total
 
 
-def _per_layer(weight_decay: float | Sequence[float], n_layers: int) -> list[float]:
+def per_layer(weight_decay: float | Sequence[float], n_layers: int) -> list[float]:
     if isinstance(weight_decay, (int, float)):
         return [float(weight_decay)] * n_layers
     decays = [float(w) for w in weight_decay]
@@ -161,7 +163,7 @@ def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor)
     return ((mean - target).square() * torch.exp(-logvar) + logvar).mean(dim=(1, 2))
 
 
-def _as_tensor(x, device: torch.device) -> torch.Tensor:
+def as_tensor(x, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32, device=device)
 
 
@@ -169,15 +171,19 @@ class DynamicsEnsemble(nn.Module):
     """An ensemble model of s' (and r) given (s, a).
 
     Inputs [s, a] are standardised (`input_norm`); targets are y = standardise([s' - s, (r)])
-    (`target_norm`). Deterministic members are trained with MSE (eq. 8), probabilistic ones with
-    the Gaussian NLL (eq. 10); both are validated with MSE in the standardised target space."""
+    (`target_norm`), or raw [s' - s, r] with standardize_targets=False (MOPO's code standardises
+    its inputs only: mopo/models/bnn.py:403, constructor.py:46-54), where the NLL, the log-variance
+    bounds and the holdout MSE are in raw units. Deterministic members are trained with MSE
+    (eq. 8), probabilistic ones with the Gaussian NLL (eq. 10); both are validated with the MSE
+    in their target space (`holdout_mse`)."""
 
     def __init__(self, obs_dim: int, act_dim: int, members: int = 5, hidden: Sequence[int] = (1024, 1024),
                  probabilistic: bool = False, activation: str = "relu", reward_target: bool = False,
                  learn_logvar_bounds: bool = False, logvar_max_init: float = 0.5,
-                 logvar_min_init: float = -10.0):
+                 logvar_min_init: float = -10.0, standardize_targets: bool = True):
         super().__init__()
         self.obs_dim, self.act_dim, self.members = obs_dim, act_dim, members
+        self.standardize_targets = standardize_targets
         self.probabilistic, self.reward_target = probabilistic, reward_target
         self.target_dim = obs_dim + (1 if reward_target else 0)
         self.net = EnsembleMLP(members, obs_dim + act_dim, self.target_dim, list(hidden), activation,
@@ -185,15 +191,16 @@ class DynamicsEnsemble(nn.Module):
         self.input_norm = Normalizer(obs_dim + act_dim)
         self.target_norm = Normalizer(self.target_dim)
         self.register_buffer("normalizers_fitted", torch.zeros((), dtype=torch.bool))
-        # Indices of the best members by validation MSE (all members until fit(n_elites=...)).
+        # Indices of the best members by holdout MSE (all members until a fit with n_elites).
         self.register_buffer("elites", torch.arange(members))
 
     @property
     def device(self) -> torch.device:
         return self.input_norm.mean.device
 
-    # ---- training ------------------------------------------------------------------------
-    def _targets(self, obs, next_obs, rew) -> torch.Tensor:
+    # ---- what the trainer (algos/core/training.py) needs ------------------------------------
+    def targets(self, obs: torch.Tensor, next_obs: torch.Tensor, rew: torch.Tensor | None) -> torch.Tensor:
+        """Raw targets [s' - s (, r)], before the target standardisation."""
         delta = next_obs - obs
         if not self.reward_target:
             return delta
@@ -201,151 +208,51 @@ class DynamicsEnsemble(nn.Module):
             raise ValueError("reward_target=True needs rew")
         return torch.cat([delta, rew.reshape(-1, 1)], dim=-1)
 
-    def _val_mse(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-        """Per-member MSE [M] of the (mean) prediction, standardised targets."""
-        total = x.new_zeros(self.members)
-        with torch.no_grad():
-            for i in range(0, x.shape[0], chunk):
-                xb = x[i:i + chunk].expand(self.members, -1, -1)
-                out = self.net(xb)
-                mean = out[0] if self.probabilistic else out
-                total += (mean - y[i:i + chunk]).square().sum(dim=(1, 2))
-        return total / (x.shape[0] * self.target_dim)
-
-    def fit(self, obs, act, next_obs, rew=None, *, lr: float = 1e-3, batch_size: int = 256,
-            holdout: float = 0.15, holdout_max: int | None = None, patience: int = 3,
-            improvement_threshold: float = 0.0, max_epochs: int = 100,
-            weight_decay: float | Sequence[float] = 0.0, bound_penalty: float = 0.0,
-            n_elites: int | None = None, generator: torch.Generator | None = None,
-            progress: bool = False, refit_normalizers: bool = True, bf16: bool = False) -> dict:
-        """Train every member on the same transitions (no bootstrap; each member sees its own
-        shuffled order of the minibatches), with early stopping on a held-out split.
-
-        - holdout: a fraction of the data, capped at `holdout_max` samples (MOPO: min(20 %, 1000)),
-          drawn once from `generator`. With no holdout sample left, validation uses the
-          training data.
-        - Loss per member: MSE (eq. 8) or Gaussian NLL (eq. 10, see `gaussian_nll`); the members'
-          losses are summed (independent gradients), plus the L2 weight penalty (`weight_decay`,
-          one float or one per layer) and, for probabilistic models,
-          `bound_penalty * (sum max_logvar - sum min_logvar)` (MOPO: 0.01).
-        - Early stopping: member m improves in an epoch when its validation MSE drops below
-          best_m * (1 - improvement_threshold); training stops after `patience` epochs in which no
-          member improved, or after `max_epochs`. Each member is then restored to its own best
-          weights (the validation loss before the first epoch counts: a warm-started member that
-          never improves keeps its old weights). Shared log-variance bounds are restored to their
-          value at the last epoch in which any member improved.
-        - Warm start: calling fit again continues from the current weights with a fresh Adam.
-          With `refit_normalizers` (default) the standardisation is refitted on the new data, so
-          the inputs the old weights see shift slightly (D_all grows by one batch, the shift is
-          small and corrected by the first epochs); `refit_normalizers=False` keeps the old
-          statistics (the first fit always fits them).
-        - bf16: autocast the forward/backward passes to bfloat16 on CPU (faster on CPUs with
-          AVX512-BF16; validation stays float32). Off by default.
-        - n_elites: sets `self.elites` to the n members with the lowest best validation MSE.
-
-        Returns {"epochs", "best_val" [M], "best_epoch" [M], "val_loss" [epochs+1][M],
-        "train_loss" [epochs], "elites", "n_train", "n_holdout", "holdout_idx" (numpy, indices
-        into the data given)}.
-        """
-        dev = self.device
-        obs, act, next_obs = (_as_tensor(v, dev) for v in (obs, act, next_obs))
-        rew = None if rew is None else _as_tensor(rew, dev)
-        x_raw = torch.cat([obs, act], dim=-1)
-        y_raw = self._targets(obs, next_obs, rew)
-        n = x_raw.shape[0]
-
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        perm = torch.randperm(n, generator=generator, device=gen_device).to(dev)
-        n_hold = int(holdout * n) if holdout_max is None else min(int(holdout * n), int(holdout_max))
-        n_hold = min(n_hold, n - 1)
-        train_idx, hold_idx = perm[n_hold:], perm[:n_hold]
-
-        if refit_normalizers or not bool(self.normalizers_fitted):
-            self.input_norm.fit(x_raw)
+    @torch.no_grad()
+    def fit_normalizers(self, x_raw: torch.Tensor, y_raw: torch.Tensor) -> None:
+        """Input statistics from x_raw = [s, a]; target statistics from y_raw unless the targets
+        stay raw (standardize_targets=False: the target normaliser is the identity)."""
+        self.input_norm.fit(x_raw)
+        if self.standardize_targets:
             self.target_norm.fit(y_raw)
-            self.normalizers_fitted.fill_(True)
-        x = self.input_norm.normalize(x_raw)
-        y = self.target_norm.normalize(y_raw)
-        x_train, y_train = x[train_idx].contiguous(), y[train_idx].contiguous()
-        x_val, y_val = (x[hold_idx], y[hold_idx]) if n_hold > 0 else (x_train, y_train)
-        n_train, M = x_train.shape[0], self.members
+        self.normalizers_fitted.fill_(True)
 
-        decays = _per_layer(weight_decay, len(self.net.layers))
-        optim = _adam(list(self.parameters()), lr)
-        member_params = list(self.net.layers.parameters())      # [M, ...]: snapshotted per member
-        shared_params = [p for p in (getattr(self.net, "max_logvar", None), getattr(self.net, "min_logvar", None))
-                         if isinstance(p, nn.Parameter)]       # learnable bounds, shared by the members
-
-        best = self._val_mse(x_val, y_val)
-        best_epoch = [0] * M
-        snapshot = [p.detach().clone() for p in member_params]
-        shared_snapshot = [p.detach().clone() for p in shared_params]
-        val_history, train_history = [best.tolist()], []
-        stale, epoch = 0, 0
-        self.train()
-        for epoch in range(1, max_epochs + 1):
-            # One shuffled order per member: [M, n_train] indices, drawn on the generator's device.
-            order = torch.argsort(torch.rand(M, n_train, generator=generator, device=gen_device), dim=1).to(dev)
-            epoch_loss = x.new_zeros(())
-            for start in range(0, n_train, batch_size):
-                rows = order[:, start:start + batch_size].reshape(-1)
-                # index_select: several times faster than x_train[idx] with a 2-D index on CPU
-                xb = x_train.index_select(0, rows).view(M, -1, x_train.shape[1])
-                yb = y_train.index_select(0, rows).view(M, -1, y_train.shape[1])
-                data_loss = self._data_loss(xb, yb, bf16)
-                loss = data_loss.sum()
-                if any(decays):
-                    loss = loss + self.net.weight_decay_penalty(decays)
-                if self.probabilistic and bound_penalty:
-                    loss = loss + bound_penalty * (self.net.max_logvar.sum() - self.net.min_logvar.sum())
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                epoch_loss += data_loss.detach().mean()
-            mean_loss = (epoch_loss / math.ceil(n_train / batch_size)).item()  # one sync per epoch
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"non-finite training loss {mean_loss} in epoch {epoch} "
-                                         f"(phase=model, {'NLL' if self.probabilistic else 'MSE'})")
-            train_history.append(mean_loss)
-
-            val = self._val_mse(x_val, y_val)
-            val_history.append(val.tolist())
-            improved = val < best * (1.0 - improvement_threshold)
-            if bool(improved.any()):
-                best = torch.where(improved, val, best)
-                with torch.no_grad():
-                    for p, s in zip(member_params, snapshot):
-                        s[improved] = p[improved]
-                    for p, s in zip(shared_params, shared_snapshot):
-                        s.copy_(p)
-                for m in improved.nonzero().flatten().tolist():
-                    best_epoch[m] = epoch
-                stale = 0
-            else:
-                stale += 1
-            if progress:
-                print(f"[model] epoch {epoch} train {mean_loss:.5f} val {[round(v, 5) for v in val.tolist()]}")
-            if stale >= patience:
-                break
-
-        with torch.no_grad():
-            for p, s in zip(member_params + shared_params, snapshot + shared_snapshot):
-                p.copy_(s)
-        self.eval()
-        if n_elites is not None:
-            self.elites = torch.argsort(best)[:n_elites].to(self.elites.device)
-        return {"epochs": epoch, "best_val": best.tolist(), "best_epoch": best_epoch,
-                "val_loss": val_history, "train_loss": train_history,
-                "elites": self.elites.tolist(), "n_train": n_train, "n_holdout": n_hold,
-                "holdout_idx": hold_idx.cpu().numpy()}
-
-    def _data_loss(self, xb: torch.Tensor, yb: torch.Tensor, bf16: bool) -> torch.Tensor:
-        """Per-member training loss [M]: MSE (eq. 8) or Gaussian NLL (eq. 10), standardised targets."""
+    def data_loss(self, xb: torch.Tensor, yb: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+        """Per-member training loss [M] on standardised inputs xb [M, B, in] and targets yb (in the
+        model's target space): MSE (eq. 8) or the Gaussian NLL (eq. 10)."""
         with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = self.net(xb)
         if self.probabilistic:
             return gaussian_nll(out[0].float(), out[1].float(), yb)
         return (out.float() - yb).square().mean(dim=(1, 2))
+
+    @torch.no_grad()
+    def holdout_mse(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """Per-member MSE [M] of the (mean) prediction on x [N, in], y [N, out], in the model's
+        target space (standardised, or raw units with standardize_targets=False)."""
+        total = x.new_zeros(self.members)
+        for i in range(0, x.shape[0], chunk):
+            out = self.net(x[i:i + chunk].expand(self.members, -1, -1))
+            mean = out[0] if self.probabilistic else out
+            total += (mean - y[i:i + chunk]).square().sum(dim=(1, 2))
+        return total / (x.shape[0] * self.target_dim)
+
+    def fit(self, obs, act, next_obs, rew=None, *, max_epochs: int = 3,
+            generator: torch.Generator | None = None) -> dict:
+        """A quick fit for tests and scripts: a random 15 % holdout, Patience(3) capped at
+        `max_epochs`, lr 1e-3, batch 256. The algorithms use algos.core.training.ModelTrainer."""
+        from algos.core.training import ModelTrainer, Patience  # the trainer imports this module
+        data = {"obs": np.asarray(obs), "act": np.asarray(act), "next_obs": np.asarray(next_obs)}
+        if rew is not None:
+            data["rew"] = np.asarray(rew)
+        n = len(data["obs"])
+        gen_device = generator.device if generator is not None else "cpu"
+        perm = torch.randperm(n, generator=generator, device=gen_device).cpu().numpy()
+        n_hold = min(int(0.15 * n), n - 1)
+        train = {k: v[perm[n_hold:]] for k, v in data.items()}
+        holdout = {k: v[perm[:n_hold]] for k, v in data.items()}
+        return ModelTrainer(lr=1e-3, batch_size=256).fit(self, train, holdout, Patience(3, max_epochs=max_epochs),
+                                                          generator)
 
     # ---- prediction ----------------------------------------------------------------------
     # Rows per block of no-grad inference: the [members, rows, hidden] activations stay in cache.
@@ -379,9 +286,12 @@ class DynamicsEnsemble(nn.Module):
 
         member=None: all members, [M, N, ...]. member=int: only that member is computed (a slice
         of the weights), [1, N, ...]. member=LongTensor [N]: sample n uses member[n]; each member
-        runs only on its own samples; [N, ...]."""
+        runs only on its own samples; [N, ...]. member=LongTensor [] (0-dim): one member for all
+        samples chosen on the device, only its weights are used, [1, N, ...]. The two tensor forms
+        never sync with the host (imagined rollouts, algos/core/rollouts.py): the per-sample form
+        computes every member and keeps each sample's own."""
         dev = self.device
-        obs, act = _as_tensor(obs, dev), _as_tensor(act, dev)
+        obs, act = as_tensor(obs, dev), as_tensor(act, dev)
         x = self.input_norm.normalize(torch.cat([obs, act], dim=-1))
         if member is None:
             mean, logvar = self._forward_members(x.expand(self.members, -1, -1), None)
@@ -394,17 +304,14 @@ class DynamicsEnsemble(nn.Module):
             mean, logvar = self._forward_members(x.unsqueeze(0), slice(m, m + 1))
             return self._to_prediction(obs, mean, logvar)
         member = torch.as_tensor(member, device=dev).long()
+        if member.dim() == 0:
+            mean, logvar = self._forward_members(x.unsqueeze(0), member.reshape(1))
+            return self._to_prediction(obs, mean, logvar)
         if member.shape != (x.shape[0],):
             raise ValueError(f"per-sample member must have shape [{x.shape[0]}], got {tuple(member.shape)}")
-        mean = x.new_empty(x.shape[0], self.target_dim)
-        logvar = x.new_empty(x.shape[0], self.target_dim) if self.probabilistic else None
-        for m in torch.unique(member).tolist():
-            sel = (member == m).nonzero().flatten()
-            mu, lv = self._forward_members(x[sel].unsqueeze(0), slice(m, m + 1))
-            mean[sel] = mu[0]
-            if logvar is not None:
-                logvar[sel] = lv[0]
-        return self._to_prediction(obs, mean, logvar)
+        mean, logvar = self._forward_members(x.expand(self.members, -1, -1), None)
+        pick = member.view(1, -1, 1).expand(1, -1, self.target_dim)
+        return self._to_prediction(obs, mean.gather(0, pick)[0], None if logvar is None else logvar.gather(0, pick)[0])
 
     @torch.no_grad()
     def numpy_next_obs_means(self):
@@ -446,10 +353,10 @@ class DynamicsEnsemble(nn.Module):
         box, as the imagined rollouts of training do (an open-loop replay of 1000 steps can
         otherwise diverge to inf)."""
         dev = self.device
-        obs = _as_tensor(obs0, dev)
-        actions = _as_tensor(actions, dev)
+        obs = as_tensor(obs0, dev)
+        actions = as_tensor(actions, dev)
         if clip_obs is not None:
-            low, high = (_as_tensor(b, dev) for b in clip_obs)
+            low, high = (as_tensor(b, dev) for b in clip_obs)
         out = []
         for t in range(actions.shape[1]):
             if member == "mean":
@@ -464,7 +371,7 @@ class DynamicsEnsemble(nn.Module):
         return torch.stack(out, dim=1)
 
 
-def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Adam with the fused kernel when the device supports it (one kernel for all parameters;
     no per-parameter Python loop), else the foreach implementation."""
     try:

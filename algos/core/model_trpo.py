@@ -1,6 +1,7 @@
-"""What MUSBO and BREMEN share between two deployments: the dynamics ensemble trained on
-D_all, behaviour cloning, and TRPO on imagined rollouts. Each step reads its sizes from the
-resolved run config; the algorithm files decide the weights, the data and the member choice."""
+"""What MUSBO and BREMEN share in their policy phase: the policy, the clamp of imagined states,
+and TRPO on imagined rollouts (the ensemble's fit lives in training.py, behaviour cloning in
+bc.py). Each step reads its sizes from the resolved run config; the algorithm files decide the
+weights, the data, the member choice and which state the model reward reads."""
 from __future__ import annotations
 
 import sys
@@ -12,25 +13,16 @@ import torch
 from tqdm import tqdm
 
 from algos.config import PREDICTION_BOXES
-from algos.core.bc import weighted_bc
 from algos.core.ensemble import DynamicsEnsemble
 from algos.core.policy import GaussianPolicy
-from algos.core.rollouts import imagine
+from algos.core.rollouts import gaussian_sampler, imagine
+from algos.core.scalars import Scalars
 from algos.core.trpo import make_baseline, policy_update
+from envs.model_side import model_reward, velocity_state
 
-
-def make_ensemble(section: dict, obs_dim: int, act_dim: int, device, probabilistic: bool) -> DynamicsEnsemble:
-    """M-hat-theta (deterministic, eq. 8) or the labeler P-hat-phi (probabilistic, eq. 10)."""
-    return DynamicsEnsemble(obs_dim, act_dim, members=section["members"], hidden=section["hidden"],
-                            probabilistic=probabilistic).to(device)
-
-
-def fit_ensemble(model: DynamicsEnsemble, data: dict, section: dict, generator: torch.Generator,
-                 weight_decay: float = 0.0) -> dict:
-    """The 85/15 split and early stopping of appendix F; returns fit statistics."""
-    return model.fit(data["obs"], data["act"], data["next_obs"], lr=section["lr"], batch_size=section["batch_size"],
-                     holdout=section["holdout"], patience=section["patience"], max_epochs=section["max_epochs"],
-                     weight_decay=weight_decay, generator=generator, progress=sys.stderr.isatty())
+# trpo.sample_noise: how imagined actions are sampled; the likelihood ratio and the KL always use
+# the policy's own std
+SAMPLE_NOISES = ("fixed", "policy")
 
 
 def prediction_box(kind: str, data: dict) -> tuple[np.ndarray, np.ndarray] | None:
@@ -53,32 +45,47 @@ def prediction_box(kind: str, data: dict) -> tuple[np.ndarray, np.ndarray] | Non
 
 
 def make_policy(cfg: dict, obs_dim: int, act_dim: int, device) -> GaussianPolicy:
+    """The policy section of the run config: `log_std` state_dependent (BREMEN's head bounded to
+    [min_log_std, max_log_std]) or global (init_log_std, floor min_log_std)."""
     p = cfg["policy"]
-    return GaussianPolicy(obs_dim, act_dim, hidden=p["hidden"], init_log_std=p["init_log_std"],
-                          min_log_std=p["min_log_std"]).to(device)
+    return GaussianPolicy(obs_dim, act_dim, hidden=p["hidden"], log_std=p["log_std"], init_log_std=p["init_log_std"],
+                          min_log_std=p["min_log_std"], max_log_std=p["max_log_std"]).to(device)
 
 
-def clone_policy(policy: GaussianPolicy, data: dict, weights: np.ndarray, cfg: dict,
-                 generator: torch.Generator) -> dict:
-    """Eq. 11: weighted behaviour cloning (weights of 1 give plain BC)."""
-    b = cfg["bc"]
-    return weighted_bc(policy, data["obs"], data["act"], weights, lr=b["lr"], batch_size=b["batch_size"],
-                       holdout=b["holdout"], patience=b["patience"], max_epochs=b["max_epochs"],
-                       generator=generator, progress=sys.stderr.isatty())
+def trpo_sampler(policy: GaussianPolicy, trpo_cfg: dict) -> Callable:
+    """The imagined rollouts' action sampler: mean + N(0, sample_std^2) (`trpo.sample_noise: fixed`,
+    BREMEN's --gaussian 0.1 --const_sampling, matsuolab/BREMEN model/policies.py:106-108 and
+    README.md:62-70) or mean + N(0, std(s)^2) with the policy's own std (`policy`)."""
+    kind = trpo_cfg["sample_noise"]
+    if kind not in SAMPLE_NOISES:
+        raise ValueError(f"trpo.sample_noise must be one of {SAMPLE_NOISES}, got {kind!r}")
+    return gaussian_sampler(policy, trpo_cfg["sample_std"] if kind == "fixed" else None)
 
 
 def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_states: np.ndarray,
                    box: tuple[np.ndarray, np.ndarray] | None, cfg: dict, member_choice: str,
-                   generator: torch.Generator, label_fn: Callable | None = None) -> dict:
+                   generator: torch.Generator, label_fn: Callable | None = None, *, scalars: Scalars | None = None,
+                   reward_velocity_from: str = "next_obs") -> dict:
     """L TRPO iterations (Table 2) on imagined rollouts from the recorded start states.
 
     member_choice: "per_iteration" (one member of M-hat-theta per iteration, MUSBO's text),
     "per_step" (one member per step for all rollouts, BREMEN's code) or "per_rollout".
     label_fn(s, a) -> U-hat [N] weighs each imagined sample in the surrogate (eqs. 12-13);
-    None gives plain TRPO. box: `prediction_box(...)`, the clamp of imagined states."""
+    None gives plain TRPO. box: `prediction_box(...)`, the clamp of imagined states.
+    reward_velocity_from: the state the model reward reads x-velocity from
+    (envs/model_side.py: VELOCITY_FROM). scalars: records per iteration (phase "policy", step =
+    iteration) kl, step_fraction, line_search_accepted, line_search_backtracks,
+    surrogate_improvement, expected_improvement, policy_std (mean std of the policy that scored
+    the batch), live_samples, mean_reward, mean_reward_x_horizon (mean reward per imagined step
+    x rollout_length), explained_variance and, with labels, the eq. 12 distribution (eq12_*)."""
     t = cfg["trpo"]
     device = policy.log_std.device
-    baseline = make_baseline(t["baseline"], policy.obs_dim, t).to(device)
+    baseline = make_baseline(t["baseline"], policy.obs_dim, t, normalize=policy.normalize).to(device)
+    env_name = cfg["env"]
+    velocity_state(env_name, reward_velocity_from)  # a bad switch fails here, before any work
+
+    def reward_fn(s, a, s2):
+        return model_reward(env_name, s, a, s2, velocity_from=reward_velocity_from)
     starts = torch.as_tensor(start_states, dtype=torch.float32, device=device)
     n_rollouts = max(1, t["transitions_per_iteration"] // t["rollout_length"])
     clip = None if box is None else tuple(torch.as_tensor(b, device=device) for b in box)
@@ -86,21 +93,35 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
     history = []
     bar = tqdm(range(t["iterations"]), desc="trpo", disable=not sys.stderr.isatty(), leave=False)
     t0 = time.perf_counter()
-    for _ in bar:
-        idx = torch.randint(len(starts), (n_rollouts,), generator=generator, device=gen_device).to(device)
-        if member_choice == "per_iteration":
-            members, choice = [int(torch.randint(dynamics.members, (1,), generator=generator, device=gen_device))], "per_step"
+    policy_sample = trpo_sampler(policy, t)
+    for iteration in bar:
+        if member_choice == "per_iteration":  # drawn on the device: no host sync
+            members = torch.randint(dynamics.members, (1,), generator=generator, device=gen_device).to(device)
+            choice = "per_step"
         else:
             members, choice = None, member_choice
-        rollout = imagine(dynamics, policy.sample, starts[idx], t["rollout_length"], cfg["env"], generator,
-                          member_choice=choice, members=members, label_fn=label_fn, clip_obs=clip)
+        rollout = imagine(dynamics, policy_sample, starts, n_rollouts, t["rollout_length"], cfg["env"], generator,
+                          member_choice=choice, members=members, label_fn=label_fn, clip_obs=clip,
+                          restart=t["restart_terminated"], engine=t["rollout_engine"], reward_fn=reward_fn)
         weights = rollout["labels"] if label_fn is not None else None
         stats = policy_update(policy, baseline, rollout, weights, gamma=cfg["gamma"], lam=t["gae_lambda"],
                               normalize_advantages=t["normalize_advantages"], delta=t["delta"],
                               cg_iters=t["cg_iters"], cg_damping=t["cg_damping"],
                               line_search_steps=t["line_search_steps"], line_search_decay=t["line_search_decay"],
+                              line_search=t["line_search"], bootstrap_cutoff=t["bootstrap_cutoff"],
                               fvp_subsample=t["fvp_subsample"], generator=generator)
         history.append(stats)
+        if scalars is not None:
+            scalars.add_many("policy", {
+                "kl": stats["kl"], "step_fraction": stats["step_fraction"],
+                "line_search_accepted": float(stats["accepted"]), "line_search_backtracks": stats["backtracks"],
+                "surrogate_improvement": stats["surrogate_after"] - stats["surrogate_before"],
+                "expected_improvement": stats["expected_improvement"], "policy_std": stats["policy_std"],
+                "live_samples": stats["n_samples"], "mean_reward": stats["mean_reward"],
+                "mean_reward_x_horizon": stats["mean_reward"] * t["rollout_length"],
+                "explained_variance": stats["explained_variance"]}, step=iteration)
+            if rollout.get("labels") is not None:
+                scalars.distribution("policy", "eq12", rollout["labels"].detach().cpu().numpy(), iteration)
         bar.set_postfix(reward=f"{stats['mean_reward']:.3f}", kl=f"{stats['kl']:.4f}")
     summary = {"iterations": len(history), "seconds": time.perf_counter() - t0,
                "accepted": sum(bool(h["accepted"]) for h in history),

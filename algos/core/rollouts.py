@@ -1,98 +1,205 @@
 """Imagined rollouts: the policy acting in the learned dynamics ensemble, all rollouts of a
-batch stepped together, with the model-side reward and termination of appendix F."""
+batch stepped together, with the model-side reward and termination of appendix F.
+
+Every random number of a rollout (start states, policy noise, members, restart states) is drawn
+from the generator before the loop, so one step is a pure function of the state and that
+step's draws: no host sync, no data-dependent Python branch (`make_step`). The loop runs it
+eagerly, compiled (torch.compile) or, on CUDA, captured once and replayed as a CUDA graph
+(`ROLLOUT_ENGINES`, config `trpo.rollout_engine`)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import torch
 
-import envs
+from algos.config import ROLLOUT_ENGINES
+from envs import model_side
 
 MEMBER_CHOICES = ("per_step", "per_rollout", "per_transition")
 
 
-def _draw(n_candidates: int, size: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform indices into the candidate members, drawn on the generator's device."""
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randint(n_candidates, size, generator=generator, device=device)
+def gaussian_sampler(policy, std: float | None = None) -> Callable:
+    """policy_sample for `imagine`: a = mean(s) + std * noise with the policy's own std
+    (`policy.distribution(obs) -> (mean, log_std)`), or a fixed `std` (BREMEN samples with
+    N(0, 0.1^2) around the mean)."""
+    def sample(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        mean, log_std = policy.distribution(obs)
+        return mean + (log_std.exp() if std is None else std) * noise
+    return sample
+
+
+def make_step(dynamics, policy_sample: Callable, start_states: torch.Tensor, candidates: torch.Tensor,
+              member_choice: str, restart: bool, reward_fn: Callable, termination_fn: Callable,
+              clip_obs: tuple[torch.Tensor, torch.Tensor] | None) -> Callable:
+    """One imagined step for all lanes, a pure function of tensors:
+
+        step(state, noise [N, act_dim], draw, restart_idx [N]) -> (record, new_state)
+
+    state: obs [N, obs_dim], timestep [N] long, member [N] long (the lane's member, per_rollout),
+    alive [N] float. draw: the step's index into `candidates`, [] for per_step (one member for
+    all lanes), [N] otherwise (per_transition: this step's member; per_rollout: the member of a
+    lane that restarts). record: the [N] slices of imagine's outputs at this step."""
+    def step(state: dict, noise: torch.Tensor, draw: torch.Tensor, restart_idx: torch.Tensor):
+        obs, alive = state["obs"], state["alive"]
+        act = policy_sample(obs, noise)
+        act_clipped = act.clamp(-1.0, 1.0)
+        if member_choice == "per_step":  # one member for the batch: only its weights are used
+            chosen = candidates.index_select(0, draw.reshape(1)).reshape(())  # 0-dim: no int() sync
+            next_obs = dynamics.predict(obs, act_clipped, member=chosen).next_obs[0]
+            member = chosen.expand(obs.shape[0])
+        else:
+            member = state["member"] if member_choice == "per_rollout" else candidates[draw]
+            next_obs = dynamics.predict(obs, act_clipped, member=member).next_obs
+        if clip_obs is not None:
+            next_obs = torch.maximum(torch.minimum(next_obs, clip_obs[1]), clip_obs[0])
+        if not restart:  # a terminated lane stays frozen at its terminal state, masked
+            next_obs = torch.where(alive[:, None] > 0, next_obs, obs)
+        rew = reward_fn(obs, act_clipped, next_obs)
+        terminated = termination_fn(obs, act_clipped, next_obs)
+        if not restart:
+            rew, terminated = rew * alive, terminated & (alive > 0)
+        record = {"obs": obs, "act": act, "rew": rew, "next_obs": next_obs, "terminated": terminated,
+                  "timestep": state["timestep"], "member": member, "alive": alive}
+        if restart:  # BREMEN's sampler: a finished path restarts from a fresh start state
+            new_state = {"obs": torch.where(terminated[:, None], start_states[restart_idx], next_obs),
+                         "timestep": torch.where(terminated, 0, state["timestep"] + 1),
+                         "member": (torch.where(terminated, candidates[draw], state["member"])
+                                    if member_choice == "per_rollout" else state["member"]),
+                         "alive": alive}
+        else:
+            new_state = {"obs": next_obs, "timestep": state["timestep"] + 1, "member": state["member"],
+                         "alive": alive * (~terminated).to(alive.dtype)}
+        return record, new_state
+    return step
+
+
+def _advance(step: Callable, state: dict, draws: dict, out: dict, t: torch.Tensor) -> None:
+    """Step t (a device scalar [1]) in place: read the step's draws, write its record into the
+    [T, N] outputs, update the state, t += 1. Fixed addresses throughout, so it can be captured."""
+    record, new_state = step(state, draws["noise"].index_select(0, t)[0], draws["member"].index_select(0, t)[0],
+                             draws["restart"].index_select(0, t)[0])
+    for key, value in record.items():
+        out[key].index_copy_(0, t, value.unsqueeze(0))
+    for key, value in new_state.items():
+        state[key].copy_(value)
+    t.add_(1)
+
+
+_compiled_advance = None
+
+
+def _run(engine: str, step: Callable, state: dict, draws: dict, out: dict, horizon: int) -> None:
+    global _compiled_advance
+    t = torch.zeros(1, dtype=torch.long, device=state["obs"].device)
+    if engine == "eager":
+        for _ in range(horizon):
+            _advance(step, state, draws, out, t)
+    elif engine == "compiled":  # one compiled graph per step (CPU: fused C++; CUDA: Triton)
+        if _compiled_advance is None:
+            _compiled_advance = torch.compile(_advance, fullgraph=True)
+        for _ in range(horizon):
+            _compiled_advance(step, state, draws, out, t)
+    else:  # cuda_graph: step 0 runs for real on a side stream (warm-up), then one captured step replays
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            _advance(step, state, draws, out, t)
+        torch.cuda.current_stream().wait_stream(side)
+        if horizon > 1:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                _advance(step, state, draws, out, t)
+            for _ in range(horizon - 1):
+                graph.replay()
+
+
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """auto: a captured CUDA graph on CUDA, eager elsewhere (compiling on CPU costs tens of
+    seconds per process and shape; `compiled` opts in)."""
+    if engine not in ROLLOUT_ENGINES:
+        raise ValueError(f"rollout engine must be one of {ROLLOUT_ENGINES}, got {engine!r}")
+    if engine == "auto":
+        return "cuda_graph" if device.type == "cuda" else "eager"
+    if engine == "cuda_graph" and device.type != "cuda":
+        raise ValueError(f"rollout engine cuda_graph needs a CUDA device, got {device}; use auto, eager or compiled")
+    return engine
 
 
 @torch.no_grad()
-def imagine(dynamics, policy_sample: Callable, start_obs: torch.Tensor, horizon: int, env_name: str,
-            generator: torch.Generator | None, member_choice: str = "per_step",
-            label_fn: Callable | None = None, clip_obs: tuple | None = None,
-            members: Sequence[int] | torch.Tensor | None = None,
-            reward_fn: Callable | None = None, termination_fn: Callable | None = None) -> dict[str, torch.Tensor]:
-    """Roll `policy_sample` out in `dynamics` from start_obs [N, obs_dim] for `horizon` steps.
+def imagine(dynamics, policy_sample: Callable, start_states: torch.Tensor, n_rollouts: int, horizon: int,
+            env_name: str, generator: torch.Generator | None, *, member_choice: str,
+            members: Sequence[int] | torch.Tensor | None = None, clip_obs: tuple | None = None,
+            label_fn: Callable | None = None, reward_fn: Callable | None = None,
+            termination_fn: Callable | None = None, restart: bool = True,
+            engine: str = "auto") -> dict[str, torch.Tensor]:
+    """Roll `policy_sample` out in `dynamics`: n_rollouts lanes, `horizon` steps each.
 
-    - policy_sample(obs, generator) -> actions [N, act_dim], unclipped. The model and the reward
-      see the action clipped to [-1, 1]; `act` stores the unclipped one (the likelihood ratios
-      of TRPO need the sampled action).
-    - member_choice: "per_step": one member drawn at every step for ALL rollouts (BREMEN's code,
-      and MUSBO's "pick one member at random" read per step); "per_rollout": each rollout
-      keeps the member drawn at its start; "per_transition": a member per rollout per step
-      (MOPO's random elite per transition). `members` restricts the candidates (e.g. MOPO's
-      elites; default: all members).
-    - reward / termination: envs.model_reward / envs.model_termination(env_name, s, a_clipped, s')
-      unless reward_fn / termination_fn(s, a_clipped, s') are given.
-    - A rollout that terminates stays frozen at its terminal state: later steps are masked
-      (alive = 0, rew = 0, terminated = False, obs = next_obs = the terminal state).
-    - clip_obs=(low, high): predicted states are clamped into this box (BREMEN clips its
-      predictions, e.g. to the range of the data).
-    - label_fn(obs, act_clipped) -> [K]: U-hat of each imagined transition (eq. 12), called once
-      after the rollout on all T x N transitions (batched: far cheaper than T calls of N).
+    - start_states [S, obs_dim]: the pool on the device; each lane starts from a state drawn
+      uniformly from it.
+    - restart=True: a lane whose step terminates (model termination) starts the NEXT step from a
+      fresh state drawn from the pool (BREMEN's sampler, envs/neural_env.py:118-121 resets a done
+      path and sampling goes on), so every [t, n] entry is a real sample and the batch holds
+      exactly n_rollouts x horizon samples. restart=False: a terminated lane stays frozen at its
+      terminal state, later steps masked (alive = 0, rew = 0, terminated = False).
+    - policy_sample(obs [N, obs_dim], noise [N, act_dim]) -> actions [N, act_dim], unclipped;
+      noise ~ N(0, I) is drawn here (`gaussian_sampler(policy)` makes one from a policy). The
+      model and the reward see the action clipped to [-1, 1]; `act` stores the unclipped one.
+      dynamics.act_dim sizes the noise.
+    - member_choice: "per_step": one member drawn at every step for ALL lanes (BREMEN's code);
+      "per_rollout": each lane keeps the member drawn at its (re)start; "per_transition": a member
+      per lane per step (MOPO's random elite). `members` restricts the candidates (a list or a
+      device tensor, e.g. one member drawn per TRPO iteration; default: all members).
+    - reward / termination: envs.model_side.model_reward / model_termination(env_name, s,
+      a_clipped, s') unless reward_fn / termination_fn(s, a_clipped, s') are given.
+    - clip_obs=(low, high): predicted states are clamped into this box.
+    - label_fn(flat_obs, flat_act_clipped) -> [T*N]: U-hat of each imagined transition (eq. 12),
+      called once after the loop on all T x N transitions.
+    - engine: ROLLOUT_ENGINES, see `resolve_engine`; all give the same numbers up to float rounding.
 
-    Returns tensors on start_obs's device, [T, N, ...]: obs, act, rew, next_obs, terminated (bool),
-    alive (float: 1 where the step is real, i.e. no termination at an earlier step), member
-    (long: the member that predicted the step), and labels when label_fn is given.
+    Returns [T, N] tensors on start_states's device: obs, act (unclipped sample), rew, next_obs,
+    terminated (bool: the path ended by termination at this step), timestep (long: steps since
+    this lane's current path started, 0 at a (re)start), member (long), alive (float: all ones
+    with restart=True), and labels when label_fn is given.
     """
     if member_choice not in MEMBER_CHOICES:
         raise ValueError(f"member_choice must be one of {MEMBER_CHOICES}, got {member_choice!r}")
-    reward_fn = reward_fn or (lambda s, a, s2: envs.model_reward(env_name, s, a, s2))
-    termination_fn = termination_fn or (lambda s, a, s2: envs.model_termination(env_name, s, a, s2))
-    device = start_obs.device
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    candidates = torch.as_tensor(range(dynamics.members) if members is None else members).long().to(gen_device)
+    if start_states.dim() != 2 or start_states.shape[0] == 0:
+        raise ValueError(f"start_states must be a non-empty pool [S, obs_dim], got shape {tuple(start_states.shape)}")
+    if n_rollouts < 1 or horizon < 1:
+        raise ValueError(f"n_rollouts and horizon must be >= 1, got {n_rollouts} and {horizon}")
+    device = start_states.device
+    engine = resolve_engine(engine, device)
+    reward_fn = reward_fn or (lambda s, a, s2: model_side.model_reward(env_name, s, a, s2))
+    termination_fn = termination_fn or (lambda s, a, s2: model_side.model_termination(env_name, s, a, s2))
+    candidates = torch.as_tensor(range(dynamics.members) if members is None else members).long().to(device)
     if clip_obs is not None:
-        low, high = (torch.as_tensor(b, dtype=start_obs.dtype, device=device) for b in clip_obs)
+        clip_obs = tuple(torch.as_tensor(b, dtype=start_states.dtype, device=device) for b in clip_obs)
 
-    n = start_obs.shape[0]
-    obs = start_obs
-    alive = torch.ones(n, device=device)
-    if member_choice == "per_rollout":
-        rollout_member = candidates[_draw(len(candidates), (n,), generator)].to(device)
-    keys = ["obs", "act", "rew", "next_obs", "terminated", "alive", "member"]
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    for _ in range(horizon):
-        act = policy_sample(obs, generator)
-        act_clipped = act.clamp(-1.0, 1.0)
-        if member_choice == "per_step":
-            m = int(candidates[_draw(len(candidates), (1,), generator)])
-            next_obs = dynamics.predict(obs, act_clipped, member=m).next_obs[0]
-            member = torch.full((n,), m, dtype=torch.long, device=device)
-        else:
-            member = rollout_member if member_choice == "per_rollout" else \
-                candidates[_draw(len(candidates), (n,), generator)].to(device)
-            next_obs = dynamics.predict(obs, act_clipped, member=member).next_obs
-        if clip_obs is not None:
-            next_obs = torch.maximum(torch.minimum(next_obs, high), low)
-        live = alive.bool()
-        next_obs = torch.where(live[:, None], next_obs, obs)  # terminated rollouts stay frozen
-        rew = reward_fn(obs, act_clipped, next_obs) * alive
-        terminated = termination_fn(obs, act_clipped, next_obs) & live
+    # Every draw of the rollout, on the generator's device, moved to the device once.
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    T, N, S, K = horizon, n_rollouts, start_states.shape[0], len(candidates)
 
-        out["obs"].append(obs)
-        out["act"].append(act)
-        out["rew"].append(rew)
-        out["next_obs"].append(next_obs)
-        out["terminated"].append(terminated)
-        out["alive"].append(alive)
-        out["member"].append(member)
-        alive = alive * (~terminated).float()
-        obs = next_obs
-    rollout = {k: torch.stack(v) for k, v in out.items()}
+    def uniform(n: int, *size: int) -> torch.Tensor:
+        return torch.randint(n, size, generator=generator, device=gen_device).to(device)
+
+    first = uniform(S, N)
+    lane_member = candidates[uniform(K, N)]
+    draws = {"noise": torch.randn(T, N, dynamics.act_dim, generator=generator, device=gen_device).to(device),
+             "member": uniform(K, T) if member_choice == "per_step" else uniform(K, T, N),
+             "restart": uniform(S, T, N)}
+    state = {"obs": start_states[first].clone(), "timestep": torch.zeros(N, dtype=torch.long, device=device),
+             "member": lane_member, "alive": torch.ones(N, device=device)}
+    out = {"obs": start_states.new_empty(T, N, start_states.shape[1]),
+           "act": start_states.new_empty(T, N, dynamics.act_dim),
+           "rew": start_states.new_empty(T, N), "next_obs": start_states.new_empty(T, N, start_states.shape[1]),
+           "terminated": torch.empty(T, N, dtype=torch.bool, device=device),
+           "timestep": torch.empty(T, N, dtype=torch.long, device=device),
+           "member": torch.empty(T, N, dtype=torch.long, device=device), "alive": start_states.new_empty(T, N)}
+    step = make_step(dynamics, policy_sample, start_states, candidates, member_choice, restart,
+                     reward_fn, termination_fn, clip_obs)
+    _run(engine, step, state, draws, out, T)
     if label_fn is not None:  # the labels do not steer the rollout: one call on all T x N samples
-        flat_obs = rollout["obs"].reshape(horizon * n, -1)
-        flat_act = rollout["act"].clamp(-1.0, 1.0).reshape(horizon * n, -1)
-        rollout["labels"] = label_fn(flat_obs, flat_act).reshape(horizon, n)
-    return rollout
+        flat_obs = out["obs"].reshape(T * N, -1)
+        flat_act = out["act"].clamp(-1.0, 1.0).reshape(T * N, -1)
+        out["labels"] = label_fn(flat_obs, flat_act).reshape(T, N)
+    return out

@@ -4,79 +4,118 @@
 
 One call of `policy_update` is one TRPO iteration of Algorithm 1 (step 5): values from the
 baseline, GAE, normalised advantages, one natural-gradient step (conjugate gradient on
-Fisher-vector products, step scaled to the KL radius, backtracking line search), baseline refit.
+Fisher-vector products, step scaled to the KL radius, line search), baseline refit.
 
 Choices (see docs/paper_to_code.md):
-- The surrogate and the KL are means over the alive samples of the rollout; the weights
-  multiply the surrogate only, never the KL constraint.
+- The surrogate and the KL are means over the samples of the batch; the weights multiply the
+  surrogate only, never the KL constraint.
 - Fisher-vector products use the Gauss-Newton form F = J^T M J of the mean KL (exact for a
-  Gaussian policy: M = 1/sigma^2 on the mean, 2 on each log-std), optionally on a random subset
-  of `fvp_subsample` x B samples (as OpenAI baselines' TRPO does with every 5th sample);
-  `fvp_method="double_backward"` is the textbook Hessian of the KL, kept as a reference.
-- The baseline is fitted to the GAE lambda-returns A + V (bootstrapped, so that truncated
-  imagined rollouts of 250 steps do not read as if the episode ended).
+  Gaussian policy: M = 1/sigma(s)^2 on the mean, 2 on each log-std output), optionally on a
+  random subset of `fvp_subsample` x B samples (as OpenAI baselines' TRPO does with every 5th
+  sample); `fvp_method="double_backward"` is the textbook Hessian of the KL, kept as a reference.
+- GAE on [T, N] with path boundaries at terminations and at the lane's end (t = T-1): the value
+  after every path is 0, as BREMEN's sampler appends it (matsuolab/BREMEN
+  libs/samplers/vectorized_sampler.py:115); `bootstrap_cutoff` bootstraps V(s') at the cut-off
+  instead. Vectorised: a discounted reverse cumsum with resets as a log2(T)-pass doubling scan.
+- Line search: BREMEN's (libs/misc/misc_utils.py:27-39; rule "bremen") or a backtracking search
+  with a KL check ("kl_backtrack", the project's earlier rule).
+- No host sync inside conjugate gradient; the line search syncs once per candidate it tries.
 """
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from torch import nn
 
-from algos.core.policy import MIN_OBS_STD, GaussianPolicy, MeanLinearization, gaussian_kl, gaussian_log_prob
+from algos.core.policy import MIN_OBS_STD, GaussianPolicy, PolicyLinearization, gaussian_kl, gaussian_log_prob
 
-# BREMEN's linear baseline (rllab's LinearFeatureBaseline): observations clipped to +-10 before
-# the features, ridge coefficient 1e-5 (raised x10 while the solution is not finite).
+# BREMEN's linear baseline (model/baselines.py:9-33, rllab's LinearFeatureBaseline with BREMEN's
+# features): observations normalised by the policy's running statistics and clipped to +-10
+# (baselines.py:17-18), t = step in the path / 100 (baselines.py:20), ridge coefficient 1e-5
+# raised x10 while the solution is not finite (baselines.py:26-34).
 LINEAR_BASELINE_OBS_CLIP = 10.0
 LINEAR_BASELINE_REG = 1e-5
-# t in the features is the step index divided by this (the 1000-step episodes of the envs),
-# so t, t^2, t^3 stay within [0, 1].
+LINEAR_BASELINE_TIME_SCALE = 100.0
+# The MLP baseline's time input: t / 1000 (the 1000-step episodes of the envs).
 TIME_SCALE = 1000.0
 ADV_EPS = 1e-8
+LINE_SEARCHES = ("bremen", "kl_backtrack")
+# BREMEN's line search (libs/misc/misc_utils.py:28-31): step fractions 0.5^k, k < 10, accepted
+# when actual / expected improvement > 0.1 and the actual improvement is positive.
+BREMEN_ACCEPT_RATIO = 0.1
+BREMEN_BACKTRACK = 0.5
 
 
 def _check_finite(name: str, *tensors: torch.Tensor) -> None:
-    for t in tensors:
-        if not bool(torch.isfinite(t).all()):
-            raise FloatingPointError(f"non-finite {name} (phase=policy)")
+    if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise FloatingPointError(f"non-finite {name} (phase=policy)")
 
 
 # ---------------------------------------------------------------- GAE
-def gae(rew, values, next_values, terminated, alive, gamma: float, lam: float):
-    """Generalised advantage estimation over rollouts [T, N].
+def discounted_reverse_cumsum(x: torch.Tensor, ends: torch.Tensor, discount: float) -> torch.Tensor:
+    """y_t = x_t + discount * y_{t+1}, the sum restarting after every step where ends[t] is True,
+    for [T, N] tensors (time first). No loop over time: a doubling scan (Hillis-Steele) of the
+    affine recurrence, ceil(log2 T) passes of three [T, N] ops each. After the pass with offset d,
+    y_t holds the terms t..t+2d-1 of its path and c_t the product of the links over them."""
+    T = x.shape[0]
+    y = x.clone()
+    c = torch.where(ends.bool(), torch.zeros((), dtype=x.dtype, device=x.device),
+                    torch.full((), float(discount), dtype=x.dtype, device=x.device))
+    d = 1
+    while d < T:                                          # log2(T) passes
+        y = torch.cat([y[:-d] + c[:-d] * y[d:], y[-d:]])
+        c = torch.cat([c[:-d] * c[d:], torch.zeros_like(c[-d:])])
+        d *= 2
+    return y
 
-    delta_t = r_t + gamma * V(s'_t) * (1 - terminated_t) - V(s_t); A_t = delta_t + gamma * lam * A_{t+1}
-    unless step t terminated. The last step (t = T-1) thus bootstraps with next_values unless
-    terminated. Steps with alive = 0 (a slot whose rollout has ended) have delta = 0, hence A = 0,
-    and contribute nothing; their values may be garbage (NaN): `where`, not multiplication.
-    Returns (A, A + V), both 0 on dead steps.
+
+def gae(rew, values, terminated, gamma: float, lam: float, last_values=None, alive=None):
+    """Generalised advantage estimation over [T, N] (time first).
+
+    A lane's path ends where `terminated` and at t = T-1 (the cut-off); a new path starts after.
+    delta_t = r_t + gamma * V_next_t - V(s_t) with V_next_t = values[t+1] inside a path and 0
+    after its end (BREMEN's code), except at the cut-off of a lane not terminated there when
+    `last_values` [N] (= V(s'_{T-1})) is given (bootstrap). A_t = delta_t + gamma lam A_{t+1}
+    within a path. `alive` [T, N] (optional): steps with alive = 0 have delta = 0 (their values
+    may be garbage: `where`, not multiplication). Returns (A, A + V), both 0 on dead steps.
     """
-    alive_b = alive > 0
     terminated = terminated.bool()
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
-    bootstrap = torch.where(terminated, zero, next_values)
-    delta = torch.where(alive_b, rew + gamma * bootstrap - values, zero)
-    carry_on = (~terminated).to(values.dtype)
-    adv = torch.zeros_like(values)
-    next_adv = torch.zeros_like(values[0])
-    for t in reversed(range(rew.shape[0])):
-        next_adv = delta[t] + gamma * lam * carry_on[t] * next_adv
-        adv[t] = next_adv
-    returns = torch.where(alive_b, adv + values, zero)
+    ends = terminated.clone()
+    ends[-1] = True
+    next_values = torch.cat([values[1:], torch.zeros_like(values[:1])])
+    if last_values is not None:
+        next_values[-1] = last_values
+    next_values = torch.where(terminated if last_values is not None else ends, zero, next_values)
+    delta = rew + gamma * next_values - values
+    if alive is not None:
+        delta = torch.where(alive > 0, delta, zero)
+    adv = discounted_reverse_cumsum(delta, ends, gamma * lam)
+    returns = adv + values
+    if alive is not None:
+        returns = torch.where(alive > 0, returns, zero)
     return adv, returns
 
 
 # ---------------------------------------------------------------- baselines
 class LinearBaseline(nn.Module):
-    """BREMEN's value baseline: V(s, t) = [s, s^2, t, t^2, t^3, 1] . c, c by ridge regression
-    on the returns of the alive steps. Predicts 0 before its first fit."""
+    """BREMEN's value baseline: V(s, t) = [o, o^2, t, t^2, t^3, 1] . c with o = clip(normalise(s),
+    +-10) and t = steps since the path started / time_scale, c by ridge regression on the value
+    targets (A + V) of the alive steps. `normalize`: obs -> normalised obs (the policy's
+    normaliser, as BREMEN shares its running statistics, trpo.py:66-68), None: raw obs.
+    Predicts 0 before its first fit."""
 
-    def __init__(self, obs_dim: int, reg: float = LINEAR_BASELINE_REG, time_scale: float = TIME_SCALE):
+    def __init__(self, obs_dim: int, reg: float = LINEAR_BASELINE_REG, time_scale: float = LINEAR_BASELINE_TIME_SCALE,
+                 normalize: Callable | None = None):
         super().__init__()
-        self.reg, self.time_scale = reg, time_scale
+        self.reg, self.time_scale, self.normalize = reg, float(time_scale), normalize
         self.register_buffer("coef", torch.zeros(2 * obs_dim + 4, dtype=torch.float64))
 
     def features(self, obs: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.normalize is not None:
+            obs = self.normalize(obs)
         s = obs.to(torch.float64).clamp(-LINEAR_BASELINE_OBS_CLIP, LINEAR_BASELINE_OBS_CLIP)
         t = (timesteps.to(torch.float64) / self.time_scale).unsqueeze(-1)
         return torch.cat([s, s * s, t, t * t, t * t * t, torch.ones_like(t)], -1)
@@ -156,11 +195,14 @@ class MLPBaseline(nn.Module):
             return self.net(x).squeeze(-1) * self.ret_std + self.ret_mean
 
 
-def make_baseline(kind: str, obs_dim: int, cfg: dict) -> nn.Module:
-    """`cfg` is the trpo section of the run config (baseline, value_lr, value_epochs, and the
-    value_hidden, value_batch_size)."""
+def make_baseline(kind: str, obs_dim: int, cfg: dict, normalize: Callable | None = None) -> nn.Module:
+    """`cfg` is the trpo section of the run config (baseline, baseline_time_scale,
+    baseline_normalize_obs; value_lr, value_epochs, value_hidden, value_batch_size for the mlp).
+    `normalize`: the policy's observation normaliser, used by the linear baseline when
+    cfg["baseline_normalize_obs"] (default true)."""
     if kind == "linear":
-        return LinearBaseline(obs_dim)
+        return LinearBaseline(obs_dim, time_scale=cfg.get("baseline_time_scale", LINEAR_BASELINE_TIME_SCALE),
+                              normalize=normalize if cfg.get("baseline_normalize_obs", True) else None)
     if kind == "mlp":
         return MLPBaseline(obs_dim, hidden=cfg["value_hidden"], lr=cfg["value_lr"],
                            epochs=cfg["value_epochs"], batch_size=cfg["value_batch_size"])
@@ -169,8 +211,8 @@ def make_baseline(kind: str, obs_dim: int, cfg: dict) -> nn.Module:
 
 # ---------------------------------------------------------------- natural gradient pieces
 def policy_parameters(policy: GaussianPolicy) -> list[nn.Parameter]:
-    """The order of every flat parameter vector here: mean network, then log-std."""
-    return [*policy.mean_parameters(), policy.log_std]
+    """The order of every flat parameter vector here: mean network, then the log-std parameters."""
+    return policy.trpo_parameters()
 
 
 def flat(tensors) -> torch.Tensor:
@@ -192,49 +234,55 @@ def set_flat_params(policy: GaussianPolicy, vector: torch.Tensor) -> None:
 
 
 def conjugate_gradient(Avp, b: torch.Tensor, iters: int, residual_tol: float = 1e-10) -> torch.Tensor:
-    """Approximately solve A x = b for symmetric positive definite A given x -> A x."""
+    """Approximately solve A x = b for symmetric positive definite A given x -> A x: `iters`
+    steps, each a no-op once r.r < residual_tol. No host sync: the stopping test is a mask on
+    the device, not a Python branch (BREMEN's misc_utils.py:7-24 breaks after the update; the
+    iterate is the same)."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rr = r @ r
+    zero = torch.zeros((), dtype=b.dtype, device=b.device)
     for _ in range(iters):
-        if rr < residual_tol:
-            break
+        active = rr >= residual_tol
         Ap = Avp(p)
-        alpha = rr / (p @ Ap)
-        x += alpha * p
-        r -= alpha * Ap
+        alpha = torch.where(active, rr / (p @ Ap), zero)
+        x = x + alpha * p
+        r = r - alpha * Ap
         rr_new = r @ r
-        p = r + (rr_new / rr) * p
-        rr = rr_new
+        p = torch.where(active, r + torch.where(active, rr_new / rr, zero) * p, p)
+        rr = torch.where(active, rr_new, rr)
     return x
 
 
 def fisher_vector_product(policy: GaussianPolicy, obs: torch.Tensor, damping: float,
-                          method: str = "gauss_newton", linearization: MeanLinearization | None = None):
+                          method: str = "gauss_newton", linearization: PolicyLinearization | None = None):
     """v -> (F + damping I) v, F the Hessian at the current parameters of the mean over `obs`
     of KL(pi_current || pi_theta) (the Fisher information of the policy).
 
-    gauss_newton: F = (1/B) sum_s J_s^T M J_s with J the Jacobian of the tanh mean and
-    M = diag(1/sigma^2), plus 2 I on the log-std (0 where it sits on its floor); two hand-written
-    Jacobian products per call (policy.MeanLinearization).
-    double_backward: autograd through the gradient of the KL.
-    `linearization`: policy.mean_linearization(obs) if the caller already has it.
+    gauss_newton: F = (1/B) sum_s J_s^T M_s J_s with J the Jacobian of the network outputs and
+    M_s = 1/sigma(s)^2 on the mean, 2 on a state-dependent log-std output; a global log-std gets
+    2 I directly (0 where it sits on its floor); two hand-written Jacobian products per call
+    (policy.PolicyLinearization). double_backward: autograd through the gradient of the KL.
+    `linearization`: policy.linearization(obs) if the caller already has it.
     """
     params = policy_parameters(policy)
     if method == "gauss_newton":
-        lin = linearization if linearization is not None else policy.mean_linearization(obs)
+        lin = linearization if linearization is not None else policy.linearization(obs)
         with torch.no_grad():
-            log_std = policy.clamped_log_std()
-            mean_scale = torch.exp(-2.0 * log_std) / obs.shape[0]
-            log_std_curv = 2.0 * (policy.log_std > policy.min_log_std).to(log_std.dtype)
-        n_mean = sum(p.numel() for p in params[:-1])
+            scale = torch.exp(-2.0 * lin.log_std) / obs.shape[0]
+            if policy.state_dependent:
+                scale = torch.cat([scale, torch.full_like(scale, 2.0 / obs.shape[0])], 1)
+            else:
+                log_std_curv = 2.0 * (policy.log_std > policy.min_log_std).to(scale.dtype)
+        n_lin = sum(p.numel() for p in lin.params)
 
         def fvp(v):
             with torch.no_grad():
-                jv = lin.jvp(unflat(v[:n_mean], params[:-1]))
-                out = flat(lin.vjp(jv * mean_scale))
-                return torch.cat([out, log_std_curv * v[n_mean:]]) + damping * v
+                out = flat(lin.vjp(lin.jvp(unflat(v[:n_lin], lin.params)) * scale))
+                if not policy.state_dependent:
+                    out = torch.cat([out, log_std_curv * v[n_lin:]])
+                return out + damping * v
         return fvp
     if method == "double_backward":
         with torch.no_grad():
@@ -261,66 +309,81 @@ def surrogate_from_log_probs(log_prob, old_log_prob, advantages, weights) -> tor
     return terms.mean()
 
 
-def surrogate_gradient(policy: GaussianPolicy, lin: MeanLinearization, act, advantages, weights) -> torch.Tensor:
+def surrogate_gradient(policy: GaussianPolicy, lin: PolicyLinearization, act, advantages, weights) -> torch.Tensor:
     """The gradient of eq. 13 at theta = theta_old (flat, policy_parameters order), where the ratio
-    is 1: g = mean[ w A grad log pi(a|s) ], with d log pi / d mean = (a - mean) / sigma^2 chained
-    through the mean network by one vector-Jacobian product, and d log pi / d log-std =
-    (a - mean)^2 / sigma^2 - 1 (0 where the log-std sits on its floor). Equals autograd on
-    weighted_surrogate (tests), without a second forward pass and its graph."""
+    is 1: g = mean[ w A grad log pi(a|s) ], with d log pi / d mean = (a - mean) / sigma^2 and
+    d log pi / d log-std = (a - mean)^2 / sigma^2 - 1 chained through the network by one
+    vector-Jacobian product (a global log-std: summed over the batch, 0 where it sits on its
+    floor). Equals autograd on weighted_surrogate (tests), without a second forward pass."""
     with torch.no_grad():
         coef = (advantages if weights is None else advantages * weights).unsqueeze(1) / act.shape[0]
-        log_std = policy.clamped_log_std()
-        inv_var = torch.exp(-2.0 * log_std)
+        inv_var = torch.exp(-2.0 * lin.log_std)
         err = act - lin.mean
-        g_mean = lin.vjp(coef * err * inv_var)
-        g_log_std = (coef * (err.pow(2) * inv_var - 1.0)).sum(0)
-        g_log_std = g_log_std * (policy.log_std > policy.min_log_std).to(g_log_std.dtype)
-        return flat([*g_mean, g_log_std])
+        d_mean = coef * err * inv_var
+        d_log_std = coef * (err.pow(2) * inv_var - 1.0)
+        if policy.state_dependent:
+            return flat(lin.vjp(torch.cat([d_mean, d_log_std], 1)))
+        g_log_std = d_log_std.sum(0) * (policy.log_std > policy.min_log_std).to(d_log_std.dtype)
+        return flat([*lin.vjp(d_mean), g_log_std])
 
 
-def backtracking_line_search(policy, flat_old, fullstep, evaluate, surrogate_before: float, delta: float,
-                             steps: int, decay: float):
-    """Try theta_old + decay^k * fullstep, k = 0..steps-1; keep the first that improves the
-    surrogate with KL <= delta (both from `evaluate()` on the full batch). If none does, the old
-    parameters are restored. Returns (accepted, step_fraction, surrogate, kl)."""
+def line_search(policy, flat_old, fullstep, evaluate, surrogate_before: torch.Tensor,
+                expected_improvement: torch.Tensor, *, rule: str, delta: float, steps: int, decay: float):
+    """Try theta_old + f_k * fullstep for k = 0..steps-1 and keep the first accepted.
+
+    rule "bremen" (BREMEN's misc_utils.linesearch, libs/misc/misc_utils.py:27-39): f_k = 0.5^k,
+    accepted when the actual improvement of the surrogate is positive and more than 0.1 x the
+    expected one (expected_improvement x f_k, the first-order model g . step); no KL check.
+    rule "kl_backtrack": f_k = decay^k, accepted when the surrogate improves and KL <= delta.
+    `evaluate()` -> (surrogate, kl) on the full batch. If none is accepted the old parameters
+    are restored. One host sync per candidate tried (the accept test). Returns (accepted,
+    step_fraction, backtracks, surrogate, kl): surrogate and kl as 0-dim tensors."""
+    if rule not in LINE_SEARCHES:
+        raise ValueError(f"trpo.line_search must be one of {LINE_SEARCHES}, got {rule!r}")
+    ratio = BREMEN_BACKTRACK if rule == "bremen" else decay
     for k in range(steps):
-        fraction = decay ** k
+        fraction = ratio ** k
         set_flat_params(policy, flat_old + fraction * fullstep)
         surrogate, kl = evaluate()
-        if (torch.isfinite(surrogate) and torch.isfinite(kl) and surrogate > surrogate_before
-                and kl <= delta):
-            return True, fraction, float(surrogate), float(kl)
+        improvement = surrogate - surrogate_before
+        if rule == "bremen":
+            ok = (improvement > 0) & (improvement / (expected_improvement * fraction) > BREMEN_ACCEPT_RATIO)
+        else:
+            ok = (improvement > 0) & (kl <= delta)
+        if bool(ok & torch.isfinite(kl)):
+            return True, fraction, k, surrogate, kl
     set_flat_params(policy, flat_old)
-    return False, 0.0, surrogate_before, 0.0
+    return False, 0.0, steps, surrogate_before, torch.zeros_like(surrogate_before)
 
 
 def trpo_step(policy: GaussianPolicy, obs, act, advantages, weights=None, *, delta: float, cg_iters: int,
               cg_damping: float, line_search_steps: int, line_search_decay: float = 0.5,
-              fvp_subsample: float = 1.0, generator: torch.Generator | None = None,
-              fvp_method: str = "gauss_newton") -> dict:
+              line_search_rule: str = "bremen", fvp_subsample: float = 1.0,
+              generator: torch.Generator | None = None, fvp_method: str = "gauss_newton") -> dict:
     """One natural-gradient step on eq. 13 for the samples [B] given (weights None = plain TRPO).
 
     The step s = sqrt(2 delta / x^T F x) * x with x = F^-1 g by conjugate gradient, so that
     1/2 s^T F s = delta. From 0, CG gives x^T F x = x^T g (the residual is orthogonal to the
-    Krylov space that holds x): that spares one Fisher-vector product; in float32 the two agree
-    to ~0.3 % at damping 0.1 (~3 % at 1e-3), and the line search checks the true KL anyway.
-    The acceptance rule is strict (KL <= delta): as the true KL of the full step is often a few
-    % above its quadratic model, the line search then takes the half step (KL ~ delta / 4).
+    Krylov space that holds x): that spares one Fisher-vector product (BREMEN computes it,
+    algos/trpo.py:203); in float32 the two agree to ~0.3 % at damping 0.1.
+    Host syncs: one after CG (the finiteness and curvature checks, all at once) and one per
+    line-search candidate. Values in the result that are tensors (surrogate_*, kl,
+    expected_improvement, policy_std) are 0-dim device tensors: the caller reads them in one sync.
     """
     t0 = time.perf_counter()
     flat_old = flat(policy_parameters(policy)).detach().clone()
-    lin = policy.mean_linearization(obs)  # one forward pass: pi_old, and Jacobian products at theta_old
+    lin = policy.linearization(obs)  # one forward pass: pi_old, and Jacobian products at theta_old
     with torch.no_grad():
-        old_mean, old_log_std = lin.mean, policy.clamped_log_std().expand_as(lin.mean)
+        old_mean, old_log_std = lin.mean, lin.log_std
         old_log_prob = gaussian_log_prob(old_mean, old_log_std, act)
-        surrogate_before = float(surrogate_from_log_probs(old_log_prob, old_log_prob, advantages, weights).detach())
+        surrogate_before = surrogate_from_log_probs(old_log_prob, old_log_prob, advantages, weights)
+        policy_std = old_log_std.exp().mean()
     grad = surrogate_gradient(policy, lin, act, advantages, weights)
-    _check_finite("surrogate gradient", grad, torch.tensor(surrogate_before))
     t1 = time.perf_counter()
-    result = dict(kl=0.0, surrogate_before=surrogate_before, surrogate_after=surrogate_before,
-                  step_fraction=0.0, accepted=False, time_grad=t1 - t0, time_cg=0.0, time_line_search=0.0)
-    if not bool(grad.abs().max() > 0):
-        return result
+    result = dict(kl=torch.zeros_like(surrogate_before), surrogate_before=surrogate_before,
+                  surrogate_after=surrogate_before, expected_improvement=torch.zeros_like(surrogate_before),
+                  policy_std=policy_std, step_fraction=0.0, accepted=False, backtracks=0, time_grad=t1 - t0,
+                  time_cg=0.0, time_line_search=0.0)
 
     if fvp_subsample < 1.0:
         n = max(1, int(round(fvp_subsample * obs.shape[0])))
@@ -332,10 +395,17 @@ def trpo_step(policy: GaussianPolicy, obs, act, advantages, weights=None, *, del
         Fvp = fisher_vector_product(policy, obs, cg_damping, fvp_method, linearization=lin)
     stepdir = conjugate_gradient(Fvp, grad, cg_iters)
     shs = 0.5 * (stepdir @ grad)
-    _check_finite("natural gradient step", stepdir, shs)
-    if not bool(shs > 0):
-        raise FloatingPointError(f"non-positive step curvature s^T F s = {float(shs):.3g} (phase=policy)")
+    finite_grad, nonzero_grad, finite_step, shs_host = torch.stack([
+        torch.isfinite(grad).all().to(shs.dtype), (grad.abs().max() > 0).to(shs.dtype),
+        torch.isfinite(stepdir).all().to(shs.dtype), shs.detach()]).tolist()   # the one sync of the step
+    if not (finite_grad and finite_step and shs_host == shs_host):
+        raise FloatingPointError("non-finite surrogate gradient or natural gradient step (phase=policy)")
+    if not nonzero_grad:
+        return result
+    if not shs_host > 0:
+        raise FloatingPointError(f"non-positive step curvature s^T F s = {shs_host:.3g} (phase=policy)")
     fullstep = stepdir * torch.sqrt(delta / shs)
+    expected_improvement = grad @ fullstep
     t2 = time.perf_counter()
 
     def evaluate():
@@ -345,9 +415,11 @@ def trpo_step(policy: GaussianPolicy, obs, act, advantages, weights=None, *, del
                                                  advantages, weights)
             return surrogate, gaussian_kl(old_mean, old_log_std, mean, log_std).mean()
 
-    accepted, fraction, surrogate_after, kl = backtracking_line_search(
-        policy, flat_old, fullstep, evaluate, surrogate_before, delta, line_search_steps, line_search_decay)
+    accepted, fraction, backtracks, surrogate_after, kl = line_search(
+        policy, flat_old, fullstep, evaluate, surrogate_before, expected_improvement, rule=line_search_rule,
+        delta=delta, steps=line_search_steps, decay=line_search_decay)
     result.update(kl=kl, surrogate_after=surrogate_after, step_fraction=fraction, accepted=accepted,
+                  backtracks=backtracks, expected_improvement=expected_improvement,
                   time_cg=t2 - t1, time_line_search=time.perf_counter() - t2)
     return result
 
@@ -355,36 +427,37 @@ def trpo_step(policy: GaussianPolicy, obs, act, advantages, weights=None, *, del
 # ---------------------------------------------------------------- one TRPO iteration
 def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, weights=None, *, gamma: float,
                   lam: float, normalize_advantages: bool, delta: float, cg_iters: int, cg_damping: float,
-                  line_search_steps: int, line_search_decay: float = 0.5, fvp_subsample: float = 1.0,
+                  line_search_steps: int, line_search_decay: float = 0.5, line_search: str = "bremen",
+                  bootstrap_cutoff: bool = False, fvp_subsample: float = 1.0,
                   generator: torch.Generator | None = None, fvp_method: str = "gauss_newton") -> dict:
     """One TRPO iteration on imagined rollouts: `rollout` holds [T, N] tensors obs, act, rew,
-    next_obs, terminated, alive (and optionally timesteps, default the step index t); `weights`
-    [T, N] are the U-hat of eq. 12 (None: plain TRPO)."""
+    next_obs, terminated, alive (optional, default all ones) and timestep (steps since the lane's
+    path started; default the step index t); `weights` [T, N] are the U-hat of eq. 12 (None:
+    plain TRPO). Returns host floats (one sync for all of them) and the timings."""
     t0 = time.perf_counter()
     device = policy.log_std.device
-    keys = ("obs", "act", "rew", "next_obs", "terminated", "alive", "timesteps")
+    keys = ("obs", "act", "rew", "next_obs", "terminated", "alive", "timestep", "timesteps")
     r = {k: torch.as_tensor(rollout[k], device=device) for k in keys if k in rollout}
     obs, act, rew = r["obs"].float(), r["act"].float(), r["rew"].float()
     T, N = rew.shape
-    alive = r["alive"].float()
-    keep = alive > 0
-    if "timesteps" in r:
-        timesteps = r["timesteps"]
-    else:
+    alive = r["alive"].float() if "alive" in r else None
+    timesteps = r.get("timestep", r.get("timesteps"))
+    if timesteps is None:
         timesteps = torch.arange(T, device=device).unsqueeze(1).expand(T, N)
-    all_alive = bool(keep.all())
+    keep = alive > 0 if alive is not None else None
+    all_alive = keep is None or bool(keep.all())
 
     def alive_steps(x):  # [T, N, ...] -> [n_alive, ...]; a plain reshape when every step is alive
         return x.reshape(T * N, *x.shape[2:]) if all_alive else x[keep]
 
-    _check_finite("imagined rollout (obs, act or reward of an alive step)",
-                  alive_steps(obs), alive_steps(act), alive_steps(rew))
     with torch.no_grad():
         values = baseline.predict(obs, timesteps)
-        next_values = baseline.predict(r["next_obs"].float(), timesteps + 1)
-        adv, returns = gae(rew, values, next_values, r["terminated"], alive, gamma, lam)
+        last_values = baseline.predict(r["next_obs"][-1].float(), timesteps[-1] + 1) if bootstrap_cutoff else None
+        adv, returns = gae(rew, values, r["terminated"], gamma, lam, last_values=last_values,
+                           alive=None if all_alive else alive)
     adv_alive = alive_steps(adv)
-    _check_finite("advantages", adv_alive)
+    _check_finite("imagined rollout (obs, act or reward of an alive step) or advantages",
+                  alive_steps(obs), alive_steps(act), alive_steps(rew), adv_alive)
     if normalize_advantages:
         adv_alive = (adv_alive - adv_alive.mean()) / (adv_alive.std(unbiased=False) + ADV_EPS)
     w = None if weights is None else alive_steps(torch.as_tensor(weights, device=device).float())
@@ -392,14 +465,23 @@ def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, we
 
     stats = trpo_step(policy, alive_steps(obs), alive_steps(act), adv_alive, w, delta=delta, cg_iters=cg_iters,
                       cg_damping=cg_damping, line_search_steps=line_search_steps,
-                      line_search_decay=line_search_decay, fvp_subsample=fvp_subsample, generator=generator,
-                      fvp_method=fvp_method)
+                      line_search_decay=line_search_decay, line_search_rule=line_search,
+                      fvp_subsample=fvp_subsample, generator=generator, fvp_method=fvp_method)
     t2 = time.perf_counter()
     ret_alive, val_alive = alive_steps(returns), alive_steps(values)
-    explained_variance = float(1.0 - (ret_alive - val_alive).var() / ret_alive.var().clamp_min(1e-12))
-    baseline.fit(obs, timesteps, returns, alive, generator=generator)
+    explained_variance = 1.0 - (ret_alive - val_alive).var() / ret_alive.var().clamp_min(1e-12)
+    baseline.fit(obs, timesteps, returns, alive if alive is not None else torch.ones_like(rew), generator=generator)
     t3 = time.perf_counter()
-    stats.update(n_samples=int(keep.sum()), mean_reward=float(alive_steps(rew).mean()),
-                 mean_weight=1.0 if w is None else float(w.mean()), explained_variance=explained_variance,
-                 time_values_gae=t1 - t0, time_baseline_fit=t3 - t2, time_total=t3 - t0)
+    rew_alive = alive_steps(rew)
+    device_stats = dict(kl=stats["kl"], surrogate_before=stats["surrogate_before"],
+                        surrogate_after=stats["surrogate_after"], expected_improvement=stats["expected_improvement"],
+                        policy_std=stats["policy_std"], mean_reward=rew_alive.mean(),
+                        mean_weight=torch.ones(()) if w is None else w.mean(),
+                        explained_variance=explained_variance,
+                        n_samples=torch.tensor(float(rew_alive.numel())) if all_alive else keep.sum())
+    names = list(device_stats)
+    host = torch.stack([v.detach().to(device=device, dtype=torch.float64) for v in device_stats.values()]).tolist()
+    stats.update(dict(zip(names, host)))
+    stats["n_samples"] = int(stats["n_samples"])
+    stats.update(time_values_gae=t1 - t0, time_baseline_fit=t3 - t2, time_total=t3 - t0)
     return stats

@@ -1,0 +1,87 @@
+"""The claims added for issue 14: Theorem 1's monotone improvement, appendix F's time per run,
+and the verdicts under each reading, on fake run directories with hand-set returns."""
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import claims, summaries
+from analysis.profile import load_profile
+from analysis.results import RunKey, Study
+from analysis.synthetic import write_fake_results, write_run
+
+READINGS = {"eq9_std_sum": ["musbo.eq9_distance=std_sum"]}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    cfg = copy.deepcopy(load_profile("mini"))
+    cfg["seeds"], cfg["ablation_seeds"] = [0], [0]          # a small grid keeps it fast
+    cfg["envs"], cfg["budgets"] = ["halfcheetah", "hopper"], ["500k"]
+    cfg["readings"], cfg["reading_switches"] = list(READINGS), READINGS
+    root = tmp_path_factory.mktemp("claims") / "mini"
+    write_fake_results(root, cfg, with_batches=False)
+    s = Study(cfg, root)
+    for k in s.ablation_seeds:
+        write_run(root, RunKey("readings", "eq9_std_sum", cfg["ablation_env"], cfg["ablation_budget"], k), cfg,
+                  with_batches=False)
+    return s
+
+
+def set_returns(study, key, returns, seconds=None):
+    path = key.path(study.root) / "metrics.csv"
+    m = pd.read_csv(path)
+    m["eval_return_mean"] = returns
+    if seconds is not None:
+        for c in [c for c in m.columns if c.endswith("_s")]:
+            m[c] = 0.0
+        m["policy_s"] = seconds
+    m.to_csv(path, index=False)
+
+
+def test_monotone_share_counts_steps_without_a_drop(study):
+    key = next(k for k in study.main_keys() if k.name == "musbo" and k.env == "halfcheetah" and k.budget == "500k")
+    n = study.deployments(key.env)
+    returns = ([1.0, 2.0, 1.5, 3.0, 3.0] + [4.0] * n)[:n]     # 2 >= 1, 1.5 < 2 (a drop), 3 >= 1.5, 3 >= 3, ...
+    set_returns(study, key, returns)
+    shares = summaries.monotone_share(Study(study.cfg, study.root))
+    row = shares[(shares.name == "musbo") & (shares.env == "halfcheetah") & (shares.budget == "500k")]
+    assert row.share.iloc[0] == pytest.approx((n - 2) / (n - 1)) and row.steps.iloc[0] == n - 1
+
+
+def test_theorem_1_claim_does_not_hold_when_every_run_drops_and_holds_when_none_does(study):
+    s = Study(study.cfg, study.root)
+    musbo_runs = [k for k in s.main_keys() if k.name == "musbo"]
+    for k in musbo_runs:
+        n = s.deployments(k.env)
+        set_returns(s, k, np.arange(n, dtype=float))            # strictly increasing: monotone
+    c16 = next(c for c in claims.collect_claims(Study(s.cfg, s.root)) if c.id == "C16")
+    assert c16.verdict == claims.HOLDS
+    for k in musbo_runs:
+        n = s.deployments(k.env)
+        set_returns(s, k, -np.arange(n, dtype=float))           # always dropping: share 0
+    c16 = next(c for c in claims.collect_claims(Study(s.cfg, s.root)) if c.id == "C16")
+    # one seed: no CI, so "below 1" is not shown by a CI; the share 0 is reported
+    assert "0.00" in c16.ours and not c16.verdict.startswith(claims.HOLDS)
+
+
+def test_time_per_run_sums_the_phase_columns(study):
+    s = Study(study.cfg, study.root)
+    key = next(k for k in s.main_keys() if k.name == "musbo" and k.env == "hopper" and k.budget == "500k")
+    n = s.deployments(key.env)
+    set_returns(s, key, np.arange(n, dtype=float), seconds=[360.0] * n)     # 6 min per deployment
+    hours = summaries.measured_run_hours(Study(s.cfg, s.root))
+    row = hours[(hours.name == "musbo") & (hours.env == "hopper") & (hours.budget == "500k")]
+    assert row.hours.iloc[0] == pytest.approx(n * 360 / 3600)
+    section = "\n".join(claims.time_section(Study(s.cfg, s.root)))
+    assert "26 h" in section and f"{n * 6:.1f} min" in section
+
+
+def test_claims_report_has_the_three_new_sections(study, tmp_path):
+    claims.claims(Study(study.cfg, study.root), tmp_path)
+    text = (tmp_path / "claims.md").read_text()
+    for title in ("## Monotone improvement (Theorem 1)", "## Time per run (appendix F)",
+                  "## Verdicts under each reading of eqs. 9, 12 and 22"):
+        assert title in text
+    assert "`musbo.eq9_distance=std_sum`" in text and "C17" in text
