@@ -45,7 +45,9 @@ class MUSBO:
     def label_batch(self, batch: dict, deployment: int) -> np.ndarray:
         """Eq. 9, on arrival of B(i), with the labeler trained on B(1..i-1); B(1) gets labels 1.
         U = 1 - clip(max_k ||s' - mu_k(s, a)||^2, 0, 1)  (label_reading=max_error, the default)
-        U = max_k [1 - clip(||s' - mu_k(s, a)||^2, 0, 1)]  (label_reading=max_label, as typeset)"""
+        U = max_k [1 - clip(||s' - mu_k(s, a)||^2, 0, 1)]  (label_reading=max_label, as typeset)
+        ||.||^2 is the distance `musbo.eq9_distance` (label_distance). Records the labels'
+        distribution (labels/eq9_*) and the exploration noise of the collection that produced the batch."""
         n = len(batch["obs"])
         self._record_exploration()
         if not self.labeler_ready:
@@ -72,7 +74,10 @@ class MUSBO:
 
     @torch.no_grad()
     def imagined_labels(self, obs: torch.Tensor, act: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Eq. 12: U(s, a) = exp(-alpha ||mu_k(s, a) - mu_l(s, a)||^2), k != l drawn per sample."""
+        """Eq. 12: U(s, a) = exp(-alpha d(mu_k(s, a), mu_l(s, a))), k != l drawn per sample, d =
+        `musbo.eq12_distance`. All K members in one batched call, then the pair gathered: at TRPO's
+        50-200 rows per step it was as fast or faster than computing two members per sample
+        (bench/label_readings.py --eq12-timing; docs/paper_to_code.md)."""
         mu = self.labeler.predict(obs, act).next_obs                                       # [K, N, d]
         K, N = mu.shape[0], mu.shape[1]
         gen_device = generator.device

@@ -32,7 +32,7 @@ from algos.core.dataset import DeploymentDataset
 from algos.core.device import pick_device
 from algos.core.model_eval import energy_distance, trajectory_mse
 from algos.core.model_trpo import prediction_box
-from algos.core.novelty import cosine_novelty_per_deployment
+from algos.core.novelty import NOVELTY_COLUMNS, novelty_rows
 from algos.core.scalars import Scalars, truncate_scalars
 from algos.core.seeding import seed_globals, stream_seed
 from algos.rundir import (RunDir, RunError, atomic_write_bytes, atomic_write_csv, check_out_arg, check_same_host,
@@ -140,6 +140,15 @@ def evaluate(cfg: dict, algo, deployment: int, box: tuple | None) -> tuple[list[
     return episodes, model_row
 
 
+def check_tracking(track: str | None) -> None:
+    if track == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise RunError("--track tensorboard needs the tensorboard package: pip install -e '.[track]' "
+                           "(or drop --track)") from None
+
+
 def open_scalars(out, done: int, track: str | None) -> Scalars:
     """The algorithm's diagnostics, file-backed: rows of deployments the run redoes are dropped."""
     path = out / "scalars.csv"
@@ -147,32 +156,31 @@ def open_scalars(out, done: int, track: str | None) -> Scalars:
         path.unlink(missing_ok=True)
     else:
         truncate_scalars(path, done)
-    tensorboard_dir = out / "tensorboard" if track == "tensorboard" else None
-    try:
-        return Scalars(path, tensorboard_dir=tensorboard_dir)
-    except RuntimeError as err:  # the tensorboard extra is missing
-        raise RunError(str(err)) from None
+    return Scalars(path, tensorboard_dir=out / "tensorboard" if track == "tensorboard" else None)
 
 
 def run(cfg: dict, out, *, replace_stale: bool = False, allow_different_host: bool = False,
         track: str | None = None) -> None:
     tag = f"[{cfg['algo']} {cfg['env']} {cfg['budget']} seed{cfg['seed']}]"
     start = time.time()
-    if cfg["torch_threads"]:
-        torch.set_num_threads(cfg["torch_threads"])
     device = check_device(cfg)
     check_memory(cfg)
+    check_tracking(track)
+    rundir = RunDir(out, cfg, replace_stale=replace_stale)  # refuses any other run before writing
+    if cfg["torch_threads"]:
+        torch.set_num_threads(cfg["torch_threads"])
     if device.type == "cuda":  # CPU kernels are deterministic already; see docs/determinism.md
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    rundir = RunDir(out, cfg, replace_stale=replace_stale)  # refuses any other run before writing
     try:
-        _deployments(cfg, rundir.out, tag, start, device, allow_different_host, track)
+        deployment_loop(cfg, rundir.out, tag, start, device, allow_different_host, track)
     finally:
         rundir.close()
 
 
-def _deployments(cfg, out, tag, start, device, allow_different_host, track) -> None:
+def deployment_loop(cfg, out, tag, start, device, allow_different_host, track) -> None:
+    """The setting's procedure, from the newest verified checkpoint on: per deployment collect
+    B(i), train offline on B(1..i), evaluate, checkpoint; then the result files."""
     (out / "batches").mkdir(exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     atomic_write_bytes(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
@@ -248,9 +256,7 @@ def _deployments(cfg, out, tag, start, device, allow_different_host, track) -> N
     atomic_write_csv(out / "eval_returns.csv", ["deployment", "episode", "return"], rows["eval"])
     atomic_write_csv(out / "model_eval.csv", ["deployment", "energy_distance", "trajectory_mse"], rows["model"])
     # Table 1 from the batches themselves, kept small so that it can be committed without them.
-    novelty = cosine_novelty_per_deployment([b["obs"] for b in dataset.batches]) if len(dataset.batches) > 1 else []
-    atomic_write_csv(out / "novelty.csv", ["deployment", "cosine_similarity"],
-                     [{"deployment": i, "cosine_similarity": v} for i, v in enumerate(novelty, start=2)])
+    atomic_write_csv(out / "novelty.csv", list(NOVELTY_COLUMNS), novelty_rows([b["obs"] for b in dataset.batches], device))
     maybe_kill_for_test("write:0")
     atomic_write_csv(out / "metrics.csv", METRIC_COLUMNS, rows["metrics"])  # last: marks the run complete
     log(f"{tag} finished in {time.time() - start:.0f}s -> {out}")
@@ -264,7 +270,8 @@ class _Extend(argparse.Action):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m algos.run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m algos.run", description="One run of MUSBO, BREMEN or MOPO: "
+                                     "the deployment loop, resumable, in one run directory.")
     parser.add_argument("--run-config", default=None, metavar="FILE",
                         help="a resolved run config (python -m algos.config write-run-config); replaces "
                              "--algo/--env/--budget/--seed/--profile/--set")
@@ -309,7 +316,7 @@ def main(argv=None) -> int:
     except (ConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # a full disk while appending scalars.csv, ...
+    except OSError as err:  # e.g. a full disk while appending scalars.csv (atomic writes say so themselves)
         print(f"error: {write_error(err.filename or args.out, err)}", file=sys.stderr)
         return 2
     return 0

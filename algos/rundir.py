@@ -24,6 +24,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
@@ -49,7 +50,6 @@ class RunError(RuntimeError):
 
 
 def log(message: str) -> None:
-    import sys
     print(message, file=sys.stderr, flush=True)
 
 
@@ -71,8 +71,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_error(path: Path, err: OSError) -> str:
-    fix = "free some space or choose another --out" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another --out"
-    return f"cannot write {path}: {err.strerror or err}; {fix}"
+    """One line for a failed file operation, with the fix."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write {path}: {err.strerror}; free some space or choose another --out"
+    return f"{path}: {err.strerror or err}; check the path and its permissions, or choose another --out"
 
 
 def atomic_write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -178,16 +180,19 @@ def identity_of(cfg: dict) -> dict:
 
 
 def _contents(out: Path) -> list[Path]:
-    """What the run owns in `out`: everything but the lock and stale-*/ directories."""
+    """What the run owns in `out`: everything but the lock, stale-*/ directories and the temp
+    files a killed write leaves (.NAME.PID.tmp)."""
     if not out.is_dir():
         return []
-    return [p for p in out.iterdir() if p.name != LOCK and not p.name.startswith(STALE_PREFIX)]
+    return [p for p in out.iterdir() if p.name != LOCK and not p.name.startswith(STALE_PREFIX)
+            and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
 
 
 def _read_identity(out: Path) -> dict | None:
     """The identity of the run in `out`: identity.json; for a directory written before identities
-    existed, the one its config.yaml (or newest checkpoint) implies; None for an empty directory.
-    Raises RunError for a directory that holds files of no run."""
+    existed, the one its config.yaml (or newest verified checkpoint) implies; None for an empty
+    directory; {"not_a_run": True} for one that holds files of no run, {"unreadable": path} for an
+    identity that cannot be read."""
     path = out / IDENTITY
     if path.is_file():
         try:

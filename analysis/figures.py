@@ -320,7 +320,7 @@ DIAGNOSTIC_PANELS = (  # (quantities: solid, then dashed; y label)
 )
 DIAGNOSTIC_KEY = ("row 1: eq. 9 labels of each new batch, mean (solid) and share within 0.01 of 0 (dashed) · "
                   "row 2: eq. 12 labels, mean over TRPO iterations\nrow 3: real eval return (solid) vs imagined "
-                  "return of the last TRPO iteration (dashed; over TRPO's rollout length, not a whole episode) · "
+                  "return of the last TRPO iteration (dashed: mean reward per imagined step × rollout length) · "
                   "row 4: live imagined samples per TRPO iteration, mean")
 
 

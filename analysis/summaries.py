@@ -144,9 +144,9 @@ DIAGNOSTICS = (
     ("eq9_mean", ("eq9_mean",), "last", ("musbo",)),                # labels of the new batch (MUSBO.label_batch)
     ("eq9_share_at_0", ("eq9_share_at_0",), "last", ("musbo",)),
     ("eq12_mean", ("eq12_mean",), "mean", ("musbo",)),              # per TRPO iteration (train_in_model)
-    ("imagined_return", ("imagined_return", "imagined_return_mean"), "last", ("musbo", "bremen")),
-    ("live_imagined_samples", ("live_samples", "live_imagined_samples", "live_transitions"), "mean",
-     ("musbo", "bremen")),
+    # model_trpo.train_in_model: mean reward per imagined step x rollout length
+    ("imagined_return", ("imagined_return", "mean_reward_x_horizon"), "last", ("musbo", "bremen")),
+    ("live_imagined_samples", ("live_samples",), "mean", ("musbo", "bremen")),
 )
 
 

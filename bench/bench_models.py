@@ -50,6 +50,7 @@ from torch import nn
 from algos.core.ensemble import DynamicsEnsemble
 from algos.core.policy import GaussianPolicy
 from algos.core.rollouts import gaussian_sampler, imagine
+from algos.core.training import ModelTrainer, Patience
 from timing import best_time  # noqa: E402  (bench/ is on sys.path)
 
 OBS, ACT, MEMBERS = 17, 6, 5

@@ -2,7 +2,8 @@
 (HalfCheetah, Ant, Cheetah-Run) and 50 x 1000 (Hopper, Walker2d), dynamics 2 x 1024 with the
 paper's members, policy 2 x 200, per sequential imagined step:
 
-  wall_us_per_step       the step with the real networks
+  wall_us_per_step       the step with the real networks (CPU: CPU time of this process on one
+                         thread, robust to the other jobs on shared cores; CUDA: wall clock)
   dispatch_us_per_step   the same loop with tiny networks (hidden 8): the host's cost of issuing
                          the step's ops, which bounds a launch-bound GPU from below
   ops_per_step           aten ops per step (torch.profiler, nested ops included; difference of
@@ -35,6 +36,9 @@ ENVS = ("walker2d", "hopper", "halfcheetah", "ant", "cheetah-run")
 # shape name -> (rollouts, horizon, env measured, obs_dim, act_dim)
 SHAPES = {"200x250": (200, 250, "halfcheetah", 17, 6), "50x1000": (50, 1000, "hopper", 11, 3)}
 TINY = [8]
+# CPU: this process's CPU seconds on 1 thread (2 shared cores: the wall clock measures the other
+# jobs too); CUDA: the wall clock around synchronize (the GPU's time is the point).
+_clock = time.perf_counter
 
 
 # ---- the baseline: algos/core/rollouts.py:imagine before issue 15 (git 33b1683), per_step only ----
@@ -110,10 +114,10 @@ def _us_per_step(run: Callable, horizon: int, device, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = _clock()
         run()
         _sync(device)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, _clock() - t0)
     return 1e6 * best / horizon
 
 
@@ -175,11 +179,11 @@ def member_forward(device, members: int, dyn_hidden, quick: bool) -> dict:
             call()
             reps = 5 if quick else 50
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = _clock()
             for _ in range(reps):
                 call()
             _sync(device)
-            out[f"{form}_{rows}_rows_us"] = 1e6 * (time.perf_counter() - t0) / reps
+            out[f"{form}_{rows}_rows_us"] = 1e6 * (_clock() - t0) / reps
     return out
 
 
@@ -214,10 +218,10 @@ def trpo_iteration(device, quick: bool, env: str = "halfcheetah") -> dict:
     seconds = []
     for _ in range(2):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = _clock()
         train_in_model(algo.policy, algo.dynamics, starts, None, cfg, cfg["musbo"]["member_choice"], gen, label_fn)
         _sync(device)
-        seconds.append(time.perf_counter() - t0)
+        seconds.append(_clock() - t0)
     t = cfg["trpo"]
     return {"env": env, "transitions": (t["transitions_per_iteration"] // t["rollout_length"]) * t["rollout_length"],
             "engine": t["rollout_engine"], "iteration_s": seconds[1], "first_call_s": seconds[0]}
@@ -257,12 +261,17 @@ def project(shapes: dict, iteration: dict | None) -> dict:
 
 def run(quick: bool, device: str = "cpu", with_iteration: bool = True, engines: list[str] | None = None) -> dict:
     """engines: default legacy, eager, compiled (+ cuda_graph on CUDA)."""
+    global _clock
     device = torch.device(device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+        _clock = time.process_time
     cfg = resolve_run_config("paper", "musbo", "halfcheetah", "500k", 0)
     members, dyn_hidden, pol_hidden = cfg["dynamics"]["members"], cfg["dynamics"]["hidden"], cfg["policy"]["hidden"]
     if quick:
         dyn_hidden, pol_hidden = [32, 32], [16, 16]
     out = {"device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "clock": "process_time" if _clock is time.process_time else "wall",
            "load_avg_1min_start": round(os.getloadavg()[0], 2), "dynamics_members": members,
            "dynamics_hidden": dyn_hidden, "policy_hidden": pol_hidden, "quick": quick}
     engines = engines or engines_for(device)

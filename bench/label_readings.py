@@ -13,6 +13,7 @@ For each: mean, 10/50/90 %, share within 0.01 of 0 and of 1.
 
     nice -n 10 python bench/label_readings.py [--rows 0 (= the paper's B)] [--epochs 20] [--envs ...] [--out bench/label_readings.json]
     python bench/label_readings.py --eq12-timing     # eq. 12: all K members vs two per sample
+    python bench/label_readings.py --decide          # the rule applied to the saved results, and the tables
 """
 from __future__ import annotations
 
@@ -135,6 +136,54 @@ def eq12_timing(rows_list=(50, 100, 200), obs_dim=17, act_dim=6, repeats=100) ->
     return out
 
 
+# ---- the decision rule of docs/paper_to_code.md ("Readings of eqs. 9, 12 and 22"), as code ----
+DEGENERATE_SHARE, CLIPPED_SHARE = 0.9, 0.25
+
+
+def degenerate(stats: dict) -> bool:
+    """Eqs. 9, 12: more than 90 % of the labels within 0.01 of 0, or more than 90 % within 0.01 of 1."""
+    return stats["share_at_0"] > DEGENERATE_SHARE or stats["share_at_1"] > DEGENERATE_SHARE
+
+
+def decide(results: dict) -> dict:
+    """The default per equation: as written unless degenerate on any env, else the least departure
+    degenerate on none (std_sum, then std_mean), else the one degenerate on the fewest envs (ties:
+    the same order). Eq. 22 under the picked eq. 12 distance: sigma unless more than 25 % of the
+    action entries are clipped on any env, else variance if that is degenerate on no env, else sigma."""
+    envs = sorted(results)
+    out = {}
+    for eq in ("eq9", "eq12"):
+        bad = {d: [e for e in envs if degenerate(results[e][eq][d])] for d in DISTANCES}
+        pick = next((d for d in DISTANCES if not bad[d]), None) or min(DISTANCES, key=lambda d: (len(bad[d]), DISTANCES.index(d)))
+        out[eq] = {"pick": pick, "degenerate_on": bad}
+    d12 = out["eq12"]["pick"]
+    bad = {r: [e for e in envs if results[e]["eq22"][f"{d12}/{r}"]["clipped_share"] > CLIPPED_SHARE]
+           for r in ("sigma", "variance")}
+    out["eq22"] = {"pick": "sigma" if not bad["sigma"] or bad["variance"] else "variance", "degenerate_on": bad}
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["| env | rows, labeler epochs | eq. | distance | mean | p10 / p50 / p90 | share at 0 | share at 1 | degenerate |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for env, r in results.items():
+        size = f"{r['rows']}, {r.get('fit', {}).get('epochs', '?')}"
+        for eq in ("eq9", "eq12"):
+            for d, st in r[eq].items():
+                lines.append(f"| {env} | {size} | {eq[2:]} | {d} | {st['mean']:.3f} | {st['p10']:.3f} / {st['p50']:.3f} / "
+                             f"{st['p90']:.3f} | {st['share_at_0']:.3f} | {st['share_at_1']:.3f} | "
+                             f"{'yes' if degenerate(st) else 'no'} |")
+    lines += ["", "| env | eq. 12 distance | eq. 22 reading | noise std mean | p10 / p50 / p90 | clipped share | degenerate |",
+              "|---|---|---|---|---|---|---|"]
+    for env, r in results.items():
+        for key, st in r["eq22"].items():
+            d, reading = key.split("/")
+            lines.append(f"| {env} | {d} | {reading} | {st['std_mean']:.3f} | {st['std_p10']:.3f} / {st['std_p50']:.3f} / "
+                         f"{st['std_p90']:.3f} | {st['clipped_share']:.3f} | "
+                         f"{'yes' if st['clipped_share'] > CLIPPED_SHARE else 'no'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=0, help="transitions per batch; 0 = the paper's B at 500k")
@@ -143,13 +192,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "label_readings.json")
     parser.add_argument("--eq12-timing", action="store_true")
+    parser.add_argument("--decide", action="store_true", help="apply the rule to --out and print the tables")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.eq12_timing:
         for n, t in eq12_timing().items():
             print(f"rows {n:4d}  all K batched {t['all_k_ms']:.3f} ms   two per sample {t['two_per_sample_ms']:.3f} ms")
         return
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.decide:
+        print(markdown(results))
+        print(json.dumps(decide(results), indent=1))
+        return
     for env in args.envs:
         print(f"{env}: 2 random batches of {args.rows or 'B'} transitions, labeler <= {args.epochs} epochs", file=sys.stderr, flush=True)
         results[env] = measure_env(env, args.rows, args.epochs, args.seed)

@@ -255,8 +255,8 @@ def test_diagnostics_reduce_each_deployment_and_name_what_is_missing(results, mi
     study = Study(mini, copy_root)
     key = RunKey("runs", "musbo", "halfcheetah", "500k", 0)
     _scalars([(1, "labels", 0, "eq9_mean", 1.0), (2, "labels", 0, "eq9_mean", 0.25),
-              (2, "trpo", 0, "eq12_mean", 0.5), (2, "trpo", 1, "eq12_mean", 0.7),          # mean over iterations
-              (2, "trpo", 0, "imagined_return", 10.0), (2, "trpo", 1, "imagined_return", 30.0)]  # the last one
+              (2, "policy", 0, "eq12_mean", 0.5), (2, "policy", 1, "eq12_mean", 0.7),          # mean over iterations
+              (2, "policy", 0, "mean_reward_x_horizon", 10.0), (2, "policy", 1, "mean_reward_x_horizon", 30.0)]  # the last
              ).to_csv(key.path(copy_root) / "scalars.csv", index=False)
     from analysis.summaries import diagnostics
     data, lacking = diagnostics(study)

@@ -168,7 +168,8 @@ def test_exploration_labels_are_eq12_of_the_labeler(space):
 
 def _train_capturing(monkeypatch, algo, dataset):
     seen = {}
-    monkeypatch.setattr(musbo_module, "clone_policy", lambda policy, data, weights, cfg, gen: seen.update(bc=weights))
+    monkeypatch.setattr(musbo_module, "clone_policy", lambda policy, train, cfg, gen, **kw: seen.update(
+        bc_labels=np.concatenate([train["labels"], kw["holdout"]["labels"]]), bc_weighted=kw["weighted"]))
     monkeypatch.setattr(musbo_module, "train_in_model",
                         lambda *args, **kwargs: seen.update(label_fn=args[-1], member_choice=args[5], **kwargs))
     from contextlib import nullcontext
@@ -188,12 +189,13 @@ def test_eq11_and_eq13_use_the_labels_and_the_switch_removes_them(monkeypatch):
     algo = make()
     dataset = small_dataset(algo)
     seen = _train_capturing(monkeypatch, algo, dataset)
-    np.testing.assert_array_equal(seen["bc"], dataset.all()["labels"])          # eq. 11 weights = U kept from arrival
+    assert seen["bc_weighted"]                                                   # eq. 11 weights = U kept from arrival
+    np.testing.assert_array_equal(np.sort(seen["bc_labels"]), np.sort(dataset.all()["labels"]))
     assert seen["label_fn"] is not None and seen["member_choice"] == "per_iteration"   # eq. 12 weights in eq. 13
     assert seen["scalars"] is algo.scalars        # TRPO records its per-iteration scalars into the run's table
     algo = make("musbo.uncertainty_weighting=false")
     seen = _train_capturing(monkeypatch, algo, small_dataset(algo))
-    np.testing.assert_array_equal(seen["bc"], np.ones(600))
+    assert not seen["bc_weighted"]
     assert seen["label_fn"] is None
 
 

@@ -1,5 +1,6 @@
 """The run CLI end to end on the smoke profile: the output contract, resume after SIGKILL with
 bit-identical results, determinism, and bad inputs rejected before any work."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -71,6 +72,12 @@ def test_output_contract(reference):
     assert novelty["deployment"].tolist() == list(range(2, cfg["deployments"] + 1))
     for i, sim in zip(novelty["deployment"], novelty["cosine_similarity"]):
         assert sim == pytest.approx(cosine_novelty(obs[i - 1], np.concatenate(obs[: i - 1])), rel=1e-9)
+    from algos.core.novelty import NOVELTY_COLUMNS, nearest_cosine_per_deployment
+    assert list(novelty.columns) == list(NOVELTY_COLUMNS)      # both readings of Table 1
+    np.testing.assert_allclose(novelty["nn_cosine_similarity"], nearest_cosine_per_deployment(obs, "cpu"), rtol=1e-6)
+    scalars = pd.read_csv(reference / "scalars.csv")           # the diagnostics, every deployment
+    assert list(scalars.columns) == ["deployment", "phase", "step", "name", "value"]
+    assert sorted(scalars["deployment"].unique()) == list(range(1, cfg["deployments"] + 1))
     provenance = json.loads((reference / "provenance.json").read_text())
     assert provenance["seed"] == 3 and provenance["device"] == "cpu" and provenance["packages"]["torch"]
     assert {"git_commit", "start_time", "end_time"} <= set(provenance)
@@ -102,16 +109,6 @@ def test_corrupted_batch_is_detected_and_redone(reference, tmp_path):
     assert results(tmp_path)[3] == results(reference)[3]
 
 
-def test_corrupted_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
-    run_cli(tmp_path, kill_at="write:0")
-    newest = max((tmp_path / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    newest.write_bytes(b"garbage")
-    resumed = run_cli(tmp_path)
-    assert f"checkpoint {newest} does not match its sha256" in resumed.stderr
-    assert "resuming after deployment 1" in resumed.stderr
-    pd.testing.assert_frame_equal(results(tmp_path)[0], results(reference)[0])
-
-
 def test_same_seed_same_results_on_cpu(reference, tmp_path):
     run_cli(tmp_path)
     pd.testing.assert_frame_equal(results(tmp_path)[0], results(reference)[0])
@@ -128,7 +125,7 @@ def test_same_seed_same_results_on_cpu(reference, tmp_path):
     (["--set", "dynamics.hidden=[0, 10]"], "must be positive"),
     (["--set", "musbo.uncertainty_weighting=maybe"], "must be bool"),
 ])
-def test_bad_inputs_fail_fast_naming_the_problem(tmp_path, args, message):
+def test_bad_inputs_fail_fast_naming_the_problem(tmp_path, capsys, args, message):
     base = {"--algo": "musbo", "--env": "hopper", "--budget": "500k", "--seed": "0", "--profile": "smoke",
             "--out": str(tmp_path / "out")}
     extra = []
@@ -136,24 +133,24 @@ def test_bad_inputs_fail_fast_naming_the_problem(tmp_path, args, message):
         extra = args
     else:
         base[args[0]] = args[1]
-    cmd = [sys.executable, "-m", "algos.run", *[x for kv in base.items() for x in kv], *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-    assert not (tmp_path / "out" / "batches").exists()       # no work started
+    code, err = main_here(capsys, *[x for kv in base.items() for x in kv], *extra)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "out").exists()                   # nothing written
 
 
-def test_unwritable_output_directory_is_named(tmp_path):
+def test_unwritable_output_directory_is_named(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    proc = run_cli(blocker / "run", check=False)
-    assert proc.returncode == 2 and "is not writable" in proc.stderr and "--out" in proc.stderr
+    err = refused(capsys, blocker / "run")
+    assert "is not writable" in err and "--out" in err
 
 
-def test_a_different_config_in_the_same_directory_is_refused(reference, tmp_path):
+def test_a_different_config_in_the_same_directory_is_refused(reference, tmp_path, capsys):
     run_cli(tmp_path, kill_at="write:0")
     before = snapshot(tmp_path)
-    proc = run_cli(tmp_path, "--set", "trpo.delta=0.2", check=False)
-    assert proc.returncode == 2 and "holds another run (config hash" in proc.stderr and "--replace-stale" in proc.stderr
+    code, err = main_here(capsys, "--algo", "musbo", "--env", "halfcheetah", "--budget", "250k", "--seed", "3",
+                          "--profile", "smoke", "--out", str(tmp_path), "--set", "trpo.delta=0.2")
+    assert code == 2 and "holds another run (config hash" in err and "--replace-stale" in err
     assert snapshot(tmp_path) == before                      # config.yaml, identity.json: untouched
 
 
@@ -219,15 +216,36 @@ def test_model_replay_batches_equal_length_episodes_without_changing_fig6():
 
 
 # ---------------------------------------------------------------- issue 16: the run directory's promises
-# (bremen: the fastest algorithm on smoke; halfcheetah smoke has 2 deployments)
+# (bremen: the fastest algorithm on smoke; halfcheetah smoke has 2 deployments). A subprocess where
+# the test kills the run or needs a fresh process; otherwise main() in this process (faster).
+BREMEN = ["--algo", "bremen", "--env", "halfcheetah", "--budget", "250k", "--profile", "smoke"]
+
+
 def bremen(out, *extra, seed="3", kill_at=None, env=None, check=True):
-    cmd = [sys.executable, "-m", "algos.run", "--algo", "bremen", "--env", "halfcheetah", "--budget", "250k",
-           "--seed", seed, "--profile", "smoke", "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "algos.run", *BREMEN, "--seed", seed, "--out", str(out), *extra]
     environ = {**os.environ, "MUSBO_KILL_AT": kill_at or "", **(env or {})}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=environ, timeout=600)
     if check and kill_at is None:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def main_here(capsys, *argv):
+    """(exit code, stderr) of `python -m algos.run ARGV`, run in this process."""
+    import algos.run as run_module
+    capsys.readouterr()
+    try:
+        code = run_module.main(list(argv))
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def refused(capsys, out, *extra, seed="3"):
+    code, err = main_here(capsys, *BREMEN, "--seed", seed, "--out", str(out), *extra)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err   # one line
+    return err
 
 
 def test_identity_is_written_first_and_names_the_run(tmp_path):
@@ -240,38 +258,36 @@ def test_identity_is_written_first_and_names_the_run(tmp_path):
                         "config_hash": config_hash(cfg)}
 
 
-def test_another_seed_on_a_committed_run_without_checkpoints_is_refused_before_any_write(tmp_path):
-    bremen(tmp_path)
-    for name in ("checkpoints", "batches"):                   # as results/mini is committed
-        for p in (tmp_path / name).iterdir():
-            p.unlink()
-        (tmp_path / name).rmdir()
+def test_another_seed_on_a_committed_run_without_checkpoints_is_refused_before_any_write(reference, tmp_path,
+                                                                                          capsys):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(reference, out, ignore=shutil.ignore_patterns("checkpoints", "batches"))  # as results/mini
     for committed in (True, False):                          # with identity.json, and as before identities
         if not committed:
-            (tmp_path / "identity.json").unlink()
-        before = snapshot(tmp_path)
-        proc = bremen(tmp_path, seed="4", check=False)
-        assert proc.returncode == 2 and "seed: 3 there, 4 here" in proc.stderr and "refused before writing" in proc.stderr
-        assert snapshot(tmp_path) == before
+            (out / "identity.json").unlink()
+        before = snapshot(out)
+        code, err = main_here(capsys, "--algo", "musbo", "--env", "halfcheetah", "--budget", "250k", "--profile",
+                              "smoke", "--seed", "4", "--out", str(out))
+        assert code == 2 and "seed: 3 there, 4 here" in err and "refused before writing anything" in err
+        assert snapshot(out) == before
 
 
-def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(tmp_path):
+def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(tmp_path, capsys):
     from algos.config import resolve_run_config
     from algos.rundir import RunDir
     held = RunDir(tmp_path, resolve_run_config("smoke", "bremen", "halfcheetah", "250k", 3))
     try:
-        proc = bremen(tmp_path, check=False)                 # the same run: identity fine, lock held
+        proc = bremen(tmp_path, check=False)                 # another process, the same run: the lock holds
         assert proc.returncode == 2 and f"in use by another run (pid {os.getpid()}" in proc.stderr
-        proc = bremen(tmp_path, seed="4", check=False)       # seed 1 beside seed 0: refused too
-        assert proc.returncode == 2 and "seed: 3 there, 4 here" in proc.stderr
+        assert "seed: 3 there, 4 here" in refused(capsys, tmp_path, seed="4")   # seed 1 beside seed 0
     finally:
         held.close()
-    assert not (tmp_path / "batches").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["identity.json", "run.lock"]
 
 
 def test_two_runs_started_at_once_leave_one_run(tmp_path):
-    cmds = [[sys.executable, "-m", "algos.run", "--algo", "bremen", "--env", "halfcheetah", "--budget", "250k",
-             "--seed", seed, "--profile", "smoke", "--out", str(tmp_path)] for seed in ("0", "1")]
+    cmds = [[sys.executable, "-m", "algos.run", *BREMEN, "--seed", seed, "--out", str(tmp_path)] for seed in ("0", "1")]
     procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
     codes = [p.wait(timeout=600) for p in procs]
     assert sorted(codes) == [0, 2], [p.stderr.read() for p in procs]
@@ -280,42 +296,36 @@ def test_two_runs_started_at_once_leave_one_run(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == winner
 
 
-def test_flipped_bytes_in_a_checkpoint_are_detected_and_the_previous_one_is_used(tmp_path):
-    reference = tmp_path / "reference"
-    bremen(reference)
-    out = tmp_path / "run"
-    bremen(out, kill_at="write:0")
-    newest = out / "checkpoints" / "deployment_2.pt"
+def test_flipped_bytes_in_a_checkpoint_are_detected_and_the_previous_one_is_used(reference, tmp_path):
+    run_cli(tmp_path, kill_at="write:0")
+    newest = tmp_path / "checkpoints" / "deployment_2.pt"
     data = bytearray(newest.read_bytes())
     for k in range(len(data) // 2, len(data) // 2 + 4):      # a few mantissa bytes inside the weights
         data[k] ^= 0x01
     newest.write_bytes(bytes(data))
-    resumed = bremen(out)
+    resumed = run_cli(tmp_path)
     assert f"checkpoint {newest} does not match its sha256" in resumed.stderr
     assert "resuming after deployment 1" in resumed.stderr
-    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv").drop(columns=TIMING),
-                                  pd.read_csv(reference / "metrics.csv").drop(columns=TIMING))
+    pd.testing.assert_frame_equal(results(tmp_path)[0], results(reference)[0])
 
 
 def test_a_nan_after_a_resume_names_the_checkpoint(tmp_path, monkeypatch, capsys):
-    import algos.run as run_module
     from algos.core.ensemble import DynamicsEnsemble
     assert bremen(tmp_path, seed="5", kill_at="policy:2").returncode == -9
     monkeypatch.setattr(DynamicsEnsemble, "predict_trajectory",
                         lambda self, obs0, actions, **kw: torch.full((len(obs0), actions.shape[1], obs0.shape[1]), float("nan")))
-    code = run_module.main(["--algo", "bremen", "--env", "halfcheetah", "--budget", "250k", "--seed", "5",
-                            "--profile", "smoke", "--out", str(tmp_path)])
-    message = capsys.readouterr().err.strip().splitlines()[-1]
+    code, err = main_here(capsys, *BREMEN, "--seed", "5", "--out", str(tmp_path))
+    message = err.strip().splitlines()[-1]
     assert code == 2
     assert "phase=eval deployment=2" in message and "seed5" in message
     assert f"checkpoint {tmp_path / 'checkpoints' / 'deployment_1.pt'}" in message
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1e400", "-.inf"])
-def test_non_finite_hyperparameters_are_refused(tmp_path, value):
-    proc = bremen(tmp_path, "--set", f"trpo.delta={value}", check=False)
-    assert proc.returncode == 2 and "trpo.delta=" in proc.stderr and "must be a finite number" in proc.stderr
-    assert not tmp_path.joinpath("identity.json").exists()
+def test_non_finite_hyperparameters_are_refused(tmp_path, capsys, value):
+    err = refused(capsys, tmp_path / "out", "--set", f"trpo.delta={value}")
+    assert "trpo.delta=" in err and "must be a finite number" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_resume_under_another_thread_count_is_refused_unless_allowed(tmp_path):
@@ -332,37 +342,28 @@ def test_a_resume_under_another_thread_count_is_refused_unless_allowed(tmp_path)
     assert all({"git_commit", "git_dirty", "device", "packages"} <= set(d) for d in per_deployment)
 
 
-def test_a_resume_on_the_same_host_keeps_each_deployments_provenance(tmp_path):
-    assert bremen(tmp_path, kill_at="policy:2").returncode == -9
-    bremen(tmp_path)
-    per_deployment = json.loads((tmp_path / "provenance.json").read_text())["deployments"]
-    assert [d["deployment"] for d in per_deployment] == [1, 2]
-    assert not any(d["resumed_on_different_host"] for d in per_deployment)
-
-
 @pytest.mark.parametrize("args, message", [
     (["--set", "trpo.delta={a: 1}"], "trpo.delta must be float (like 0.05), got the mapping {'a': 1}"),
     (["--set", "budget_samples.250k=1000000000000"], "GiB for its arrays alone"),
     (["--out", ""], "--out is empty"),
     (["--out", "  "], "--out is empty"),
+    (["--track", "tensorboard"], "needs the tensorboard package"),
 ])
-def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, args, message):
-    out = tmp_path / "out"
-    extra = args if args[0] == "--set" else []
-    out_arg = args[1] if args[0] == "--out" else str(out)
-    cmd = [sys.executable, "-m", "algos.run", "--algo", "bremen", "--env", "halfcheetah", "--budget", "250k",
-           "--seed", "0", "--profile", "smoke", "--out", out_arg, *extra]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, monkeypatch, capsys, args, message):
+    if args[0] == "--track" and importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed")
+    monkeypatch.chdir(tmp_path)
+    out = args[1] if args[0] == "--out" else str(tmp_path / "out")
+    extra = [] if args[0] == "--out" else args
+    code, err = main_here(capsys, *BREMEN, "--seed", "0", "--out", out, *extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []                    # not even in the current directory
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_cuda_without_a_gpu_is_one_line(tmp_path):
-    proc = bremen(tmp_path / "out", "--set", "device=cuda", check=False)
-    assert proc.returncode == 2 and "CUDA is not available" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    assert "CUDA is not available" in refused(capsys, tmp_path / "out", "--set", "device=cuda")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_zero_padded_seed_is_the_same_run(tmp_path):
@@ -372,28 +373,41 @@ def test_a_zero_padded_seed_is_the_same_run(tmp_path):
     assert "resuming after deployment 2" in resumed.stderr
 
 
+def test_resume_keeps_scalars_and_provenance_once_per_deployment(tmp_path):
+    assert bremen(tmp_path, kill_at="model:2").returncode == -9  # deployment 2 had started
+    bremen(tmp_path)
+    scalars = pd.read_csv(tmp_path / "scalars.csv")
+    assert list(scalars.columns) == ["deployment", "phase", "step", "name", "value"]
+    assert sorted(scalars["deployment"].unique()) == [1, 2]
+    assert not scalars.duplicated(["deployment", "phase", "step", "name"]).any()
+    per_deployment = json.loads((tmp_path / "provenance.json").read_text())["deployments"]
+    assert [d["deployment"] for d in per_deployment] == [1, 2]
+    assert not any(d["resumed_on_different_host"] for d in per_deployment)
+
+
 # ---------------------------------------------------------------- what the workflow calls (issue 12)
-def test_run_config_file_runs_the_same_run_as_the_flags(tmp_path):
+def test_run_config_file_runs_the_same_run_as_the_flags(tmp_path, capsys):
+    from algos.config import main as config_main
     cfg_file = tmp_path / "run.yaml"
-    subprocess.run([sys.executable, "-m", "algos.config", "write-run-config", "--out", str(cfg_file), "--profile",
-                    "smoke", "--algo", "bremen", "--env", "halfcheetah", "--budget", "250k", "--seed", "3",
-                    "--set", "trpo.delta=0.07", "bc.lr=1e-3"], cwd=ROOT, check=True, capture_output=True)
+    assert config_main(["write-run-config", "--out", str(cfg_file), "--profile", "smoke", "--algo", "bremen", "--env",
+                        "halfcheetah", "--budget", "250k", "--seed", "3",
+                        "--set", "trpo.delta=0.07", "bc.lr=1e-3"]) == 0
     by_flags, by_file = tmp_path / "flags", tmp_path / "file"
-    bremen(by_flags, "--set", "trpo.delta=0.07", "--set", "bc.lr=1e-3", kill_at="write:0")
+    assert bremen(by_flags, "--set", "trpo.delta=0.07", "--set", "bc.lr=1e-3", kill_at="collect:1").returncode == -9
     proc = subprocess.run([sys.executable, "-m", "algos.run", "--run-config", str(cfg_file), "--out", str(by_file)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MUSBO_KILL_AT": "collect:1"})
+    assert proc.returncode == -9, proc.stderr
     assert (by_file / "identity.json").read_bytes() == (by_flags / "identity.json").read_bytes()
-    # the file is validated again completely
-    cfg = yaml.safe_load(cfg_file.read_text())
+    assert (by_file / "config.yaml").read_bytes() == (by_flags / "config.yaml").read_bytes()
+    cfg = yaml.safe_load(cfg_file.read_text())               # the file is validated again, completely
     cfg["trpo"]["delta"] = float("nan")
     cfg_file.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "algos.run", "--run-config", str(cfg_file), "--out",
-                           str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "trpo.delta=nan must be a finite number" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "algos.run", "--run-config", str(cfg_file), "--seed", "1",
-                           "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--run-config replaces --seed" in proc.stderr
+    code, err = main_here(capsys, "--run-config", str(cfg_file), "--out", str(tmp_path / "bad"))
+    assert code == 2 and "trpo.delta=nan must be a finite number" in err
+    code, err = main_here(capsys, "--run-config", str(cfg_file), "--seed", "1", "--out", str(tmp_path / "bad"))
+    assert code == 2 and "--run-config replaces --seed" in err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_replace_stale_moves_the_old_run_aside_and_starts_over(tmp_path):
@@ -407,29 +421,40 @@ def test_replace_stale_moves_the_old_run_aside_and_starts_over(tmp_path):
     moved = {k[len(stale.name) + 1:]: v for k, v in snapshot(tmp_path).items() if k.startswith(stale.name + "/")}
     assert moved == {k: v for k, v in old.items() if k != "run.lock"}    # nothing deleted
     cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert cfg["trpo"]["delta"] == 0.2 and json.loads((tmp_path / "identity.json").read_text())["config_hash"] == \
-        config_hash(cfg)
+    assert cfg["trpo"]["delta"] == 0.2
+    assert json.loads((tmp_path / "identity.json").read_text())["config_hash"] == config_hash(cfg)
     assert pd.read_csv(tmp_path / "metrics.csv")["deployment"].tolist() == [1, 2]
     # the same config again: an ordinary resume (what retries and --rerun-incomplete need)
     (tmp_path / "metrics.csv").unlink()
     assert "resuming after deployment 2" in bremen(tmp_path, "--set", "trpo.delta=0.2", "--replace-stale").stderr
 
 
-def test_scalars_csv_has_every_deployment_once_after_a_resume(tmp_path):
-    assert bremen(tmp_path, kill_at="model:2").returncode == -9  # deployment 2 had started
-    bremen(tmp_path)
-    scalars = pd.read_csv(tmp_path / "scalars.csv")
-    assert list(scalars.columns) == ["deployment", "phase", "step", "name", "value"]
-    assert sorted(scalars["deployment"].unique()) == [1, 2]
-    assert not scalars.duplicated(["deployment", "phase", "step", "name"]).any()
+def test_a_full_disk_mid_run_is_one_line_naming_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import algos.rundir as rundir
+    calls = []
+    real_fsync = os.fsync
+
+    def fsync(fd):  # identity.json, config.yaml, then the disk is full at B(1)
+        calls.append(fd)
+        if len(calls) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+    monkeypatch.setattr(rundir.os, "fsync", fsync)
+    code, err = main_here(capsys, *BREMEN, "--seed", "0", "--out", str(tmp_path))
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (f"error: cannot write {tmp_path / 'batches' / 'deployment_1.npz'}: "
+                                           f"No space left on device; free some space or choose another --out")
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_track_tensorboard_without_the_package_is_one_line(tmp_path):
-    try:
-        import tensorboard  # noqa: F401
-        pytest.skip("tensorboard is installed")
-    except ImportError:
-        pass
-    proc = bremen(tmp_path, "--track", "tensorboard", check=False)
-    assert proc.returncode == 2 and "needs the tensorboard package" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="needs the track extra")
+def test_track_tensorboard_mirrors_the_scalars(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    code, err = main_here(capsys, *BREMEN, "--seed", "0", "--out", str(tmp_path), "--track", "tensorboard")
+    assert code == 0, err
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    csv_rows = pd.read_csv(tmp_path / "scalars.csv").query("phase == 'eval' and name == 'return_mean'")
+    assert [e.value for e in events.Scalars("eval/return_mean")] == pytest.approx(csv_rows["value"].tolist(), rel=1e-6)

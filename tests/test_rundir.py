@@ -143,3 +143,9 @@ def test_out_must_not_be_empty():
     for text in ("", " "):
         with pytest.raises(RunError, match="--out is empty"):
             rundir.check_out_arg(text)
+
+
+def test_a_run_killed_while_writing_its_identity_can_start_again(tmp_path, cfg):
+    (tmp_path / f".identity.json.{os.getpid() + 1}.tmp").write_text("{")   # kill -9 inside the atomic write
+    RunDir(tmp_path, cfg).close()
+    assert json.loads((tmp_path / "identity.json").read_text())["seed"] == 3
