@@ -35,8 +35,9 @@ from algos.core.model_trpo import prediction_box
 from algos.core.novelty import NOVELTY_COLUMNS, novelty_rows
 from algos.core.scalars import Scalars, truncate_scalars
 from algos.core.seeding import seed_globals, stream_seed
-from algos.rundir import (RunDir, RunError, atomic_write_bytes, atomic_write_csv, check_out_arg, check_same_host,
-                          host_record, latest_checkpoint, log, now, save_batch, save_checkpoint, write_error)
+from algos.rundir import (RunDir, RunError, atomic_write_bytes, atomic_write_csv, check_out_arg, check_out_name,
+                          check_same_host, host_record, latest_checkpoint, log, now, save_batch, save_checkpoint,
+                          write_error)
 from envs import ENV_NAMES, ENV_SPECS
 from envs.collector import collect, run_episodes
 
@@ -311,6 +312,7 @@ def main(argv=None) -> int:
             cfg = read_run_config(args.run_config)
         else:
             cfg = resolve_run_config(args.profile, args.algo, args.env, args.budget, args.seed, args.overrides)
+        check_out_name(out, cfg["seed"])
         run(cfg, out, replace_stale=args.replace_stale, allow_different_host=args.allow_different_host,
             track=args.track)
     except (ConfigError, RunError) as err:

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -313,6 +314,14 @@ def check_out_arg(text: str) -> Path:
     if not text or not text.strip():
         raise RunError("--out is empty; give the run directory, e.g. --out results/mini/runs/musbo/hopper/500k/seed0")
     return Path(text)
+
+
+def check_out_name(out: Path, seed: int) -> None:
+    """A directory named seed<N> (the analysis's layout) must name this run's seed canonically:
+    seed00 or seed1 for seed 0 would be a second, or a wrong, directory for the run."""
+    name = Path(out).name
+    if re.fullmatch(r"seed\d+", name) and name != f"seed{seed}":
+        raise RunError(f"--out {out} ends in {name} but the run's seed is {seed}; name it seed{seed}")
 
 
 # ---------------------------------------------------------------- provenance

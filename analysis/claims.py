@@ -271,10 +271,10 @@ def collect_claims(study: Study) -> list[Claim]:
         "MUSBO, share of steps i → i+1 without a drop of the eval return, per env and budget:<br>"
         + "<br>".join(f"{env_label(r.env)} {r.budget}: {fmt_interval(Interval(r.mean, r.low, r.high), 2)}"
                       for r in m_rows.itertuples()) + "<br>(all algorithms: the monotone-improvement section below)",
-        (HOLDS if all_monotone else FAILS if any(o == "below" for o in outcomes)
-         else verdict(outcomes, "above", n_seeds) if outcomes else "not tested: runs missing"),
-        "holds if every MUSBO run never drops; does not hold if on some env and budget the CI of the share "
-        "lies below 1 (a drop in most runs); otherwise inconclusive. Any drop counts (eval noise included)"))
+        ("not tested: runs missing" if not len(m_rows) else FAILS if any(o == "below" for o in outcomes)
+         else HOLDS if all_monotone and n_seeds > 1 else verdict(outcomes, "above", n_seeds)),
+        "holds if every MUSBO run (at least 2 seeds) never drops; does not hold if on some env and budget the CI "
+        "of the share lies below 1; otherwise inconclusive. Any drop counts (eval noise included)"))
 
     # -- appendix F: time per run --
     projected = _projected_hours()

@@ -58,7 +58,9 @@ class RunKey:
 
 
 def _seed_of(dirname: str) -> int | None:
-    return int(dirname[4:]) if dirname.startswith("seed") and dirname[4:].isdigit() else None
+    """N of a canonical `seedN` (seed00 is no run directory: the run writes seed0)."""
+    digits = dirname[4:]
+    return int(digits) if dirname.startswith("seed") and digits.isdigit() and digits == str(int(digits)) else None
 
 
 class Study:

@@ -71,7 +71,8 @@ def table1(study: Study, out: Path) -> list[Path]:
     known = close.dropna(subset=["mean_abs_gap_to_paper"])
     if len(known):
         best = known.loc[known.mean_abs_gap_to_paper.idxmin()]
-        closest = (f"**Closest to the paper's values:** the {summaries.NOVELTY_READINGS[best.reading]} reading on "
+        closest = (f"**Closest to the paper's values** (of the readings and envs with values): the "
+                   f"{summaries.NOVELTY_READINGS[best.reading]} reading on "
                    f"{env_label(best.env)} (mean |ours − paper| {best.mean_abs_gap_to_paper:.3f} over "
                    f"{int(best.cells)} cells of MUSBO and BREMEN, deployments 2-5). Per reading and env: "
                    + "; ".join(f"{summaries.NOVELTY_READINGS[r.reading]} / {env_label(r.env)} "

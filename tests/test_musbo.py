@@ -44,7 +44,7 @@ def test_eq9_labels_of_the_first_batch_are_one():
 
 
 def test_eq9_default_reading_takes_the_largest_error_of_the_members():
-    algo = make()
+    algo = make("musbo.eq9_distance=raw")
     fake_labeler(algo, [0.1, 0.5, 0.3])           # squared errors 0.01, 0.25, 0.09
     labels = algo.label_batch(batch_with_next_obs_equal_obs(), 2)
     np.testing.assert_allclose(labels, 1 - 0.25, rtol=1e-6)
@@ -53,7 +53,7 @@ def test_eq9_default_reading_takes_the_largest_error_of_the_members():
 
 
 def test_eq9_typeset_reading_takes_the_best_member():
-    algo = make("musbo.label_reading=max_label")
+    algo = make("musbo.label_reading=max_label", "musbo.eq9_distance=raw")
     fake_labeler(algo, [0.1, 0.5, 0.3])
     np.testing.assert_allclose(algo.label_batch(batch_with_next_obs_equal_obs(), 2), 1 - 0.01, rtol=1e-6)
 
@@ -88,6 +88,12 @@ def test_eq12_distance_readings(reading, distance):
     np.testing.assert_allclose(labels.numpy(), np.exp(-0.028 * distance), rtol=1e-6)
 
 
+def test_defaults_are_the_readings_the_rule_picked():
+    """docs/paper_to_code.md, "Readings": eq. 9 std_mean, eq. 12 std_sum, eq. 22 sigma (as typeset)."""
+    m = make().m
+    assert (m["eq9_distance"], m["eq12_distance"], m["eq22_reading"]) == ("std_mean", "std_sum", "sigma")
+
+
 def test_label_distance_numpy_and_torch_agree():
     diff = np.array([[3.0, 4.0], [1.0, -1.0]])
     inv_std = np.array([1.0, 0.5])
@@ -100,7 +106,7 @@ def test_label_distance_numpy_and_torch_agree():
 
 
 def test_eq12_is_the_disagreement_of_two_different_members():
-    algo = make()
+    algo = make("musbo.eq12_distance=raw")
     fake_labeler(algo, [0.0, 1.0])                # K = 2: k != l forces the pair (0, 1)
     obs = torch.zeros(1000, OBS)
     labels = algo.imagined_labels(obs, torch.zeros(1000, ACT), torch.Generator().manual_seed(0))

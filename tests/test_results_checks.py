@@ -100,3 +100,8 @@ def test_the_figure_footnote_counts_the_excluded_runs(one_run, smoke, tmp_path, 
     figures.return_curves(Study(smoke, one_run), tmp_path / "out", "fig2")
     footnote = [t for t in texts if t.startswith("Missing:")]
     assert footnote and "(1 run excluded by the input checks) (see missing_runs.md)" in footnote[0]
+
+
+def test_only_canonical_seed_directories_are_runs():
+    from analysis.results import _seed_of
+    assert [_seed_of(n) for n in ("seed0", "seed12", "seed00", "seed01", "seedx", "0")] == [0, 12, None, None, None, None]

@@ -373,6 +373,13 @@ def test_a_zero_padded_seed_is_the_same_run(tmp_path):
     assert "resuming after deployment 2" in resumed.stderr
 
 
+def test_a_seed_directory_must_name_the_seed_canonically(tmp_path, capsys):
+    for name, seed in (("seed00", "0"), ("seed1", "0"), ("seed01", "1")):
+        assert f"ends in {name} but the run's seed is {int(seed)}; name it seed{int(seed)}" in refused(
+            capsys, tmp_path / name, seed=seed)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resume_keeps_scalars_and_provenance_once_per_deployment(tmp_path):
     assert bremen(tmp_path, kill_at="model:2").returncode == -9  # deployment 2 had started
     bremen(tmp_path)

@@ -48,6 +48,8 @@ class EnsembleLinear(nn.Module):
         that many leading entries. Only the selected members are computed."""
         if members is None:
             return torch.baddbmm(self.bias, x, self.weight)
+        if isinstance(members, torch.Tensor):  # index_select: ~2x faster than weight[members] on CPU
+            return torch.baddbmm(self.bias.index_select(0, members), x, self.weight.index_select(0, members))
         return torch.baddbmm(self.bias[members], x, self.weight[members])
 
     def extra_repr(self) -> str:

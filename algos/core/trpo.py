@@ -100,6 +100,15 @@ def gae(rew, values, terminated, gamma: float, lam: float, last_values=None, ali
 
 
 # ---------------------------------------------------------------- baselines
+def _masked(mask, obs, timesteps, returns):
+    """The steps with mask > 0 of [T, N, ...] tensors, flattened; mask None: every step (a
+    reshape, no boolean indexing and its host sync)."""
+    if mask is None:
+        return obs.reshape(-1, obs.shape[-1]), timesteps.reshape(-1), returns.reshape(-1)
+    keep = mask > 0
+    return obs[keep], timesteps[keep], returns[keep]
+
+
 class LinearBaseline(nn.Module):
     """BREMEN's value baseline: V(s, t) = [o, o^2, t, t^2, t^3, 1] . c with o = clip(normalise(s),
     +-10) and t = steps since the path started / time_scale, c by ridge regression on the value
@@ -120,10 +129,10 @@ class LinearBaseline(nn.Module):
         t = (timesteps.to(torch.float64) / self.time_scale).unsqueeze(-1)
         return torch.cat([s, s * s, t, t * t, t * t * t, torch.ones_like(t)], -1)
 
-    def fit(self, obs, timesteps, returns, mask, generator=None) -> None:
-        keep = mask > 0
-        x = self.features(obs[keep], timesteps[keep])
-        y = returns[keep].to(torch.float64)
+    def fit(self, obs, timesteps, returns, mask=None, generator=None) -> None:
+        obs, timesteps, returns = _masked(mask, obs, timesteps, returns)
+        x = self.features(obs, timesteps)
+        y = returns.to(torch.float64)
         xtx, xty = x.T @ x, x.T @ y
         eye = torch.eye(xtx.shape[0], dtype=xtx.dtype, device=xtx.device)
         reg = self.reg
@@ -163,10 +172,10 @@ class MLPBaseline(nn.Module):
     def _raw_inputs(self, obs, timesteps):
         return torch.cat([obs, (timesteps.to(obs.dtype) / self.time_scale).unsqueeze(-1)], -1)
 
-    def fit(self, obs, timesteps, returns, mask, generator=None) -> None:
-        keep = mask > 0
-        x = self._raw_inputs(obs[keep], timesteps[keep])
-        y = returns[keep].to(obs.dtype)
+    def fit(self, obs, timesteps, returns, mask=None, generator=None) -> None:
+        obs, timesteps, returns = _masked(mask, obs, timesteps, returns)
+        x = self._raw_inputs(obs, timesteps)
+        y = returns.to(obs.dtype)
         if not bool(self.fitted):
             self.in_mean.copy_(x.mean(0))
             self.in_std.copy_(x.std(0).clamp_min(MIN_OBS_STD) if x.shape[0] > 1 else torch.ones_like(self.in_std))
@@ -470,7 +479,7 @@ def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, we
     t2 = time.perf_counter()
     ret_alive, val_alive = alive_steps(returns), alive_steps(values)
     explained_variance = 1.0 - (ret_alive - val_alive).var() / ret_alive.var().clamp_min(1e-12)
-    baseline.fit(obs, timesteps, returns, alive if alive is not None else torch.ones_like(rew), generator=generator)
+    baseline.fit(obs, timesteps, returns, None if all_alive else alive, generator=generator)
     t3 = time.perf_counter()
     rew_alive = alive_steps(rew)
     device_stats = dict(kl=stats["kl"], surrogate_before=stats["surrogate_before"],
