@@ -35,7 +35,7 @@ METRIC_COLUMNS = ["deployment", "samples_total", "eval_return_mean", "eval_retur
 def workflow_command(profile: str) -> str:
     """The README's command that produces every run of a profile (and the figures)."""
     config = "" if profile == "paper" else f" --configfile config/{profile}.yaml"
-    return f".venv/bin/snakemake all --profile profiles/local{config}"  # targets before --configfile
+    return f".venv/bin/snakemake --cores 8 all{config}"  # targets before --configfile
 
 
 class NoResultsError(RuntimeError):
@@ -235,8 +235,9 @@ class Study:
         main, abl = self.main_keys(), self.ablation_keys()
         miss_main, miss_abl = self.missing(main), self.missing(abl)
         extra = sorted(set(self.found_keys()) - set(self.planned_keys()))
-        no_batches = [k for k in self.novelty_keys()
-                      if self.exists(k) and not all(f.is_file() for f in self.batch_files(k))]
+        no_batches = [k for k in self.novelty_keys()  # Table 1 reads the batches, else the run's novelty.csv
+                      if self.exists(k) and not (k.path(self.root) / "novelty.csv").is_file()
+                      and not all(f.is_file() for f in self.batch_files(k))]
         no_model_eval = [k for k in self.model_eval_keys()
                          if self.exists(k) and not (k.path(self.root) / "model_eval.csv").is_file()]
         lines = [f"# Missing runs: profile `{self.profile}`, results `{self.root}`", "",
@@ -250,8 +251,8 @@ class Study:
                          f"{len(main) - len(miss_main)} of {len(main)} runs present, {len(miss_main)} missing")
         lines += section("Ablation runs (ablation figure)", miss_abl,
                          f"{len(abl) - len(miss_abl)} of {len(abl)} runs present, {len(miss_abl)} missing")
-        lines += section("Table 1: runs present without all `batches/deployment_i.npz`", no_batches,
-                         f"{len(no_batches)} runs (batches are not committed for mini: re-run to recreate them)")
+        lines += section("Table 1: runs present with neither `novelty.csv` nor all `batches/deployment_i.npz`",
+                         no_batches, f"{len(no_batches)} runs (re-run them to recreate both)")
         lines += section("Fig. 6: runs present without `model_eval.csv`", no_model_eval, f"{len(no_model_eval)} runs")
         excluded = self.excluded
         lines += [f"## Excluded runs (complete, but failing the input checks; counted as missing above): "

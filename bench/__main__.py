@@ -26,6 +26,7 @@ import bench_rollouts  # noqa: E402
 import bench_runs  # noqa: E402
 import bench_sac  # noqa: E402
 import bench_trpo  # noqa: E402
+import paper_deployment  # noqa: E402
 
 
 def git_commit() -> str:
@@ -35,7 +36,9 @@ def git_commit() -> str:
 
 SECTIONS = {"models": lambda quick: bench_models.run(quick, threads=1, clock="cpu"),
             "trpo": bench_trpo.run, "sac": bench_sac.run, "collect": bench_collect.run,
-            "novelty": bench_novelty.run, "runs": bench_runs.run, "rollouts": bench_rollouts.run}
+            "novelty": bench_novelty.run, "runs": bench_runs.run, "rollouts": bench_rollouts.run,
+            "paper_deployment": paper_deployment.run}
+LONG = {"paper_deployment"}  # not run in --quick (a paper-size deployment: tens of minutes)
 
 
 def headline(sections: dict, quick: bool, seconds: float) -> dict:
@@ -73,6 +76,10 @@ def headline(sections: dict, quick: bool, seconds: float) -> dict:
         "mini_grid_minutes": runs["mini_grid_minutes"],
         "mini_grid_minutes_source": runs["mini_grid_minutes_source"],
         "paper_run_hours_projected": runs["paper_run_hours_projected"],
+        # one paper-size deployment (bench/paper_deployment.py): seconds per phase, peak RSS; None in --quick
+        "paper_deployment": {k: sections["paper_deployment"][k] for k in (
+            "phases_s_total", "wall_s", "peak_rss_mib", "imagined_samples_per_iteration_configured", "reductions")}
+        if "paper_deployment" in sections else None,
         "bench_seconds": seconds,
         "sections": sections,
     }
@@ -98,6 +105,9 @@ def main() -> None:
         for section in sections.values():  # kept sections: the commit they were measured at
             section.setdefault("git_commit", previous["git_commit"])
     for name in names:
+        if args.quick and name in LONG:
+            print(f"bench: {name} skipped (long: not run in --quick)", file=sys.stderr, flush=True)
+            continue
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         sections[name] = {**SECTIONS[name](args.quick), "git_commit": git_commit()}
     seconds = time.time() - t0 + (previous["bench_seconds"] if args.only else 0.0)

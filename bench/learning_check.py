@@ -3,6 +3,7 @@ at 500k, does the last deployment's eval return beat the uniform random policy (
 of eval_returns.csv) and the first deployment by a clear margin?
 
     python bench/learning_check.py [--seeds 0 1 2] [--envs halfcheetah hopper] [--algos musbo bremen mopo] [--jobs 2]
+        [--previous bench/learning_check_previous_defaults.json]
 
 Runs of the mini grid (results/mini/runs/...) are reused when complete; other seeds run into
 results/mini/learning_check/... (resumable: rerunning continues where a run stopped). Prints a
@@ -41,12 +42,26 @@ def ensure_run(algo: str, env: str, seed: int, out: Path) -> None:
                     "--seed", str(seed), "--profile", "mini", "--out", str(out)], cwd=ROOT, check=True)
 
 
+def side_by_side(table: pd.DataFrame, previous_json: Path) -> pd.DataFrame:
+    """The previous check's last-deployment mean and sd for each (env, algo) row of `table`
+    (NaN where the previous check did not have that pair)."""
+    if not previous_json.is_file():
+        raise SystemExit(f"error: --previous {previous_json} does not exist; pass an earlier learning_check.json")
+    old = pd.DataFrame(json.loads(previous_json.read_text())["summary"])
+    old = old.rename(columns={"last_deployment": "previous_last", "last_sd": "previous_last_sd"})
+    return table[["env", "algo"]].merge(old[["env", "algo", "previous_last", "previous_last_sd"]],
+                                        on=["env", "algo"], how="left")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--envs", nargs="+", default=["halfcheetah", "hopper"])
     parser.add_argument("--algos", nargs="+", default=["musbo", "bremen", "mopo"])
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each in mini)")
+    parser.add_argument("--previous", type=Path, default=None,
+                        help="an earlier learning_check.json (e.g. bench/learning_check_previous_defaults.json): "
+                             "its last-deployment means are shown beside this run's")
     args = parser.parse_args()
     grid_seeds = load_profile("mini")["seeds"]
     runs = [(algo, env, seed, run_dir(algo, env, seed, grid_seeds))
@@ -75,6 +90,11 @@ def main() -> None:
                         "every_seed_beats_random": bool((gain > 0).all()),
                         "last_beats_deployment_1": bool((g.last_deployment > g.deployment_1).all())})
     table = pd.DataFrame(summary)
+    if args.previous is not None:
+        previous = side_by_side(table, args.previous)
+        for row, prev in zip(summary, previous.to_dict("records")):
+            row.update(previous_last_deployment=prev["previous_last"], previous_last_sd=prev["previous_last_sd"])
+        table = pd.DataFrame(summary)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(1).to_string(index=False))
     out = ROOT / "bench" / "learning_check.json"

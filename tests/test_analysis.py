@@ -179,7 +179,7 @@ def test_missing_results_dir_is_a_clear_error(tmp_path, capsys):
                      str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nothing") in err and "does not exist" in err
-    assert "snakemake all --profile profiles/local --configfile config/mini.yaml" in err
+    assert "snakemake --cores 8 all --configfile config/mini.yaml" in err
     assert "python -m algos.run --profile mini" in err
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="holds no completed run"):
@@ -302,3 +302,21 @@ def test_table1_shows_both_readings_for_every_env_with_5_deployments(made_all, m
     assert (t1.musbo_nn_mean >= t1.musbo_all_pairs_mean).all()   # a max over earlier states >= their mean
     text = (out / "table1_novelty.md").read_text()
     assert "nearest neighbour" in text and "Closest to the paper's values" in text
+
+
+def test_missing_runs_lists_table1_runs_only_when_neither_novelty_csv_nor_batches_exist(results, mini, tmp_path):
+    """Committed mini runs carry novelty.csv and no batches: Table 1 reads them, so they are not missing."""
+    from analysis.results import Study
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    study = Study(mini, copy)
+    keys = study.novelty_keys()
+    for key in keys:
+        d = key.path(copy)
+        pd.DataFrame(metrics.novelty_rows(study.batch_obs(key))).to_csv(d / "novelty.csv", index=False)
+        shutil.rmtree(d / "batches")
+    section = "Table 1: runs present with neither"
+    assert f"## {section} `novelty.csv` nor all `batches/deployment_i.npz`: 0 runs" in Study(mini, copy).missing_report()
+    (keys[0].path(copy) / "novelty.csv").unlink()
+    report = Study(mini, copy).missing_report()
+    assert ": 1 runs" in report.split(section)[1].splitlines()[0] and f"`{keys[0]}`" in report
