@@ -7,6 +7,7 @@ import algos.musbo as musbo_module
 from algos.config import resolve_run_config
 from algos.core.dataset import DeploymentDataset
 from algos.core.ensemble import Prediction
+from algos.core.training import ModelTrainer, Patience
 from algos.musbo import MUSBO
 from envs.collector import collect
 
@@ -163,7 +164,8 @@ def test_exploration_labels_are_eq12_of_the_labeler(space):
     K = 2 makes the pair (k, l) irrelevant (the distance is symmetric), so the two agree exactly."""
     algo = make("labeler.members=2", f"musbo.eq12_distance={space}")
     batch = collect("halfcheetah", 300, None, seed=1, max_episode_steps=100)
-    algo.labeler.fit(batch["obs"], batch["act"], batch["next_obs"], max_epochs=2, generator=torch.Generator().manual_seed(0))
+    ModelTrainer(lr=1e-3, batch_size=256).fit(algo.labeler, batch, None, Patience(3, max_epochs=2),
+                                              torch.Generator().manual_seed(0))
     algo.labeler_ready = True
     obs, act = batch["obs"][:50], np.clip(batch["act"][:50] * 1.5, -1, 1)
     expected = algo.imagined_labels(torch.as_tensor(obs), torch.as_tensor(act), torch.Generator().manual_seed(0))

@@ -184,6 +184,7 @@ def test_model_replay_batches_equal_length_episodes_without_changing_fig6():
     those of one replay per episode (Hopper: random episodes of different lengths)."""
     from algos.config import resolve_run_config
     from algos.core.ensemble import DynamicsEnsemble
+    from algos.core.training import ModelTrainer, Patience
     from algos.core.model_eval import energy_distance, trajectory_mse
     from algos.run import evaluate
     from envs.collector import collect
@@ -193,7 +194,7 @@ def test_model_replay_batches_equal_length_episodes_without_changing_fig6():
     torch.manual_seed(0)
     model = DynamicsEnsemble(11, 3, members=2, hidden=[16])
     data = collect("hopper", 500, None, seed=0)
-    model.fit(data["obs"], data["act"], data["next_obs"], max_epochs=1, generator=torch.Generator().manual_seed(0))
+    ModelTrainer(lr=1e-3, batch_size=256).fit(model, data, None, Patience(3, max_epochs=1), torch.Generator().manual_seed(0))
 
     class Algo:
         def eval_policy(self):

@@ -239,23 +239,6 @@ class DynamicsEnsemble(nn.Module):
             total += (mean - y[i:i + chunk]).square().sum(dim=(1, 2))
         return total / (x.shape[0] * self.target_dim)
 
-    def fit(self, obs, act, next_obs, rew=None, *, max_epochs: int = 3,
-            generator: torch.Generator | None = None) -> dict:
-        """A quick fit for tests and scripts: a random 15 % holdout, Patience(3) capped at
-        `max_epochs`, lr 1e-3, batch 256. The algorithms use algos.core.training.ModelTrainer."""
-        from algos.core.training import ModelTrainer, Patience  # the trainer imports this module
-        data = {"obs": np.asarray(obs), "act": np.asarray(act), "next_obs": np.asarray(next_obs)}
-        if rew is not None:
-            data["rew"] = np.asarray(rew)
-        n = len(data["obs"])
-        gen_device = generator.device if generator is not None else "cpu"
-        perm = torch.randperm(n, generator=generator, device=gen_device).cpu().numpy()
-        n_hold = min(int(0.15 * n), n - 1)
-        train = {k: v[perm[n_hold:]] for k, v in data.items()}
-        holdout = {k: v[perm[:n_hold]] for k, v in data.items()}
-        return ModelTrainer(lr=1e-3, batch_size=256).fit(self, train, holdout, Patience(3, max_epochs=max_epochs),
-                                                          generator)
-
     # ---- prediction ----------------------------------------------------------------------
     # Rows per block of no-grad inference: the [members, rows, hidden] activations stay in cache.
     # One block of 60k rows spends ~30 % of its time copying the broadcast bias into a 0.7 GB
