@@ -39,12 +39,17 @@ BUDGETS = ("500k", "250k")
 PREDICTION_BOXES = ("abs_1e5", "data_range", "none")
 # How the imagined-rollout loop runs (algos/core/rollouts.py: resolve_engine).
 ROLLOUT_ENGINES = ("auto", "eager", "compiled", "cuda_graph")
+# Choices that a module of algos/core checks too: defined here once, imported there.
+LINE_SEARCHES = ("bremen", "kl_backtrack")        # algos/core/trpo.py: line_search
+HOLDOUT_SPLITS = ("batch_tail", "random")          # algos/core/dataset.py: DeploymentDataset.split
+KEEP_WEIGHTS = ("last", "best")                    # algos/core/training.py: StoppingRule.keep
+BC_NORMALIZERS = ("all_batches", "cloned_data")    # algos/core/bc.py: set_bc_normalizer
 # String-valued keys and the values they accept (the spec's switches).
 CHOICES = {
     "start_states": ("episode_starts", "all_states"),
     "mopo.start_states": ("episode_starts", "all_states"),
     "trpo.baseline": ("linear", "mlp"),
-    "trpo.line_search": ("bremen", "kl_backtrack"),
+    "trpo.line_search": LINE_SEARCHES,
     "trpo.sample_noise": ("fixed", "policy"),
     "policy.log_std": ("state_dependent", "global"),
     "bremen.model_reward_velocity_from": ("next_obs", "obs", "bremen_code"),
@@ -59,13 +64,13 @@ CHOICES = {
     "musbo.eq22_reading": ("sigma", "variance"),
     "musbo.exploration_noise": ("eq22", "one_minus_u", "none"),
     "mopo.penalty": ("max_std_norm", "frobenius"),
-    # model fits and BC (algos/core/training.py, dataset.py: SPLITS, bc.py: NORMALIZERS)
-    "dynamics.holdout_split": ("batch_tail", "random"),
-    "labeler.holdout_split": ("batch_tail", "random"),
-    "bc.holdout_split": ("batch_tail", "random"),
-    "dynamics.keep": ("last", "best"),
-    "labeler.keep": ("last", "best"),
-    "bc.obs_normalizer": ("all_batches", "cloned_data"),
+    # model fits and BC
+    "dynamics.holdout_split": HOLDOUT_SPLITS,
+    "labeler.holdout_split": HOLDOUT_SPLITS,
+    "bc.holdout_split": HOLDOUT_SPLITS,
+    "dynamics.keep": KEEP_WEIGHTS,
+    "labeler.keep": KEEP_WEIGHTS,
+    "bc.obs_normalizer": BC_NORMALIZERS,
     "bremen.dynamics_l2": ("per_train_sample", "fixed"),
     "mopo.target_space": ("raw", "standardized"),
 }

@@ -28,10 +28,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from algos.config import BC_NORMALIZERS
 from algos.core.policy import GaussianPolicy
 from algos.core.training import EarlyStopping, StoppingRule
 
-NORMALIZERS = ("all_batches", "cloned_data")
 
 
 def bc_loss(policy: GaussianPolicy, obs, act, weights, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -71,7 +71,7 @@ def set_bc_normalizer(policy: GaussianPolicy, kind: str, cloned_obs, all_obs, va
         x = torch.as_tensor(np.asarray(cloned_obs), dtype=torch.float32)
         mean, std = x.mean(0), (x.std(0) if len(x) > 1 else torch.ones(x.shape[1]))
     else:
-        raise ValueError(f"bc.obs_normalizer must be one of {NORMALIZERS}, got {kind!r}")
+        raise ValueError(f"bc.obs_normalizer must be one of {BC_NORMALIZERS}, got {kind!r}")
     policy.set_obs_normalizer(mean, std)
 
 

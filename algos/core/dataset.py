@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SPLITS = ("batch_tail", "random")
+from algos.config import HOLDOUT_SPLITS
 
 FIELDS = ("obs", "act", "rew", "next_obs", "terminated", "truncated", "episode_start")
 
@@ -84,7 +84,7 @@ class DeploymentDataset:
             hold = np.zeros(n, bool)
             hold[perm[:min(n_hold, n - 1)]] = True
         else:
-            raise ValueError(f"the holdout split must be one of {SPLITS}, got {kind!r}")
+            raise ValueError(f"the holdout split must be one of {HOLDOUT_SPLITS}, got {kind!r}")
         return ({k: v[~hold] for k, v in data.items()}, {k: v[hold] for k, v in data.items()})
 
     def start_states(self, mode: str = "episode_starts") -> np.ndarray:

@@ -100,7 +100,7 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
             choice = "per_step"
         else:
             members, choice = None, member_choice
-        rollout = imagine(dynamics, policy_sample, starts, n_rollouts, t["rollout_length"], cfg["env"], generator,
+        rollout = imagine(dynamics, policy_sample, starts, n_rollouts, t["rollout_length"], env_name, generator,
                           member_choice=choice, members=members, label_fn=label_fn, clip_obs=clip,
                           restart=t["restart_terminated"], engine=t["rollout_engine"], reward_fn=reward_fn)
         weights = rollout["labels"] if label_fn is not None else None

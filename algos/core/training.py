@@ -22,9 +22,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from algos.config import KEEP_WEIGHTS
 from algos.core.ensemble import DynamicsEnsemble, adam, as_tensor, per_layer
 
-KEEP = ("best", "last")
 # weight_decay="per_train_sample": BREMEN's L2, (1 / N_train) * sum ||W||^2 / 2 over the hidden
 # kernels only (model/dynamics.py:25-31 sums tf.nn.l2_loss of the hidden "kernel"s, :178 scales
 # it by `coeff`, which :191 sets to 1 / len(train_data), the number of training samples).
@@ -48,8 +48,8 @@ class StoppingRule:
     per_member: bool = False
 
     def __post_init__(self):
-        if self.keep not in KEEP:
-            raise ValueError(f"keep must be one of {KEEP}, got {self.keep!r}")
+        if self.keep not in KEEP_WEIGHTS:
+            raise ValueError(f"keep must be one of {KEEP_WEIGHTS}, got {self.keep!r}")
         if self.patience < 1 or self.validate_every < 1 or (self.max_epochs is not None and self.max_epochs < 1):
             raise ValueError(f"patience, validate_every and max_epochs must be >= 1: {self}")
 

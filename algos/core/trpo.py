@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from algos.config import LINE_SEARCHES
 from algos.core.policy import MIN_OBS_STD, GaussianPolicy, PolicyLinearization, gaussian_kl, gaussian_log_prob
 
 # BREMEN's linear baseline (model/baselines.py:9-33, rllab's LinearFeatureBaseline with BREMEN's
@@ -41,7 +42,6 @@ LINEAR_BASELINE_TIME_SCALE = 100.0
 # The MLP baseline's time input: t / 1000 (the 1000-step episodes of the envs).
 TIME_SCALE = 1000.0
 ADV_EPS = 1e-8
-LINE_SEARCHES = ("bremen", "kl_backtrack")
 # BREMEN's line search (libs/misc/misc_utils.py:28-31): step fractions 0.5^k, k < 10, accepted
 # when actual / expected improvement > 0.1 and the actual improvement is positive.
 BREMEN_ACCEPT_RATIO = 0.1
