@@ -3,6 +3,7 @@ bit-identical results, determinism, and bad inputs rejected before any work."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,26 @@ def test_sigkill_then_rerun_resumes_and_matches(reference, tmp_path, kill_at):
     for ours, theirs in zip(results(tmp_path), results(reference)):
         if isinstance(ours, dict):
             assert ours == theirs                             # batches bit-identical
+        else:
+            pd.testing.assert_frame_equal(ours, theirs)
+
+
+def test_rerunning_a_complete_run_trains_nothing_and_rewrites_the_same_results(reference, tmp_path):
+    # what Snakemake does to a job killed after its metrics.csv, before it recorded the job done
+    shutil.copytree(reference, tmp_path / "run")
+    out = tmp_path / "run"
+    (out / "run.lock").unlink(missing_ok=True)
+    checkpoints = snapshot(out / "checkpoints")
+    batch_mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "batches").glob("*.npz")}
+    rerun = run_cli(out)
+    deployments = len(pd.read_csv(reference / "metrics.csv"))
+    assert f"resuming after deployment {deployments}" in rerun.stderr
+    assert "collect" not in rerun.stderr.split("resuming after deployment")[1].split("finished in")[0]
+    assert snapshot(out / "checkpoints") == checkpoints
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "batches").glob("*.npz")} == batch_mtimes
+    for ours, theirs in zip(results(out), results(reference)):
+        if isinstance(ours, dict):
+            assert ours == theirs
         else:
             pd.testing.assert_frame_equal(ours, theirs)
 

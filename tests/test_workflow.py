@@ -387,10 +387,13 @@ cfg = yaml.safe_load(text)
 out = pathlib.Path(a.out)
 (out / "checkpoints").mkdir(parents=True, exist_ok=True)
 checkpoint = out / "checkpoints" / "deployment_1.pt"
+# like algos.run: "done" is the last deployment's checkpoint; a run that has it trains nothing
+# and only writes its result files again
+state = checkpoint.read_text() if checkpoint.exists() else None
 with open(out / "attempts.txt", "a") as f:
-    f.write(("resumed" if checkpoint.exists() else "fresh") + "\\n")
-resumed = checkpoint.exists()
-checkpoint.write_text("state")
+    f.write({None: "fresh", "state": "resumed", "done": "nothing-to-train"}[state] + "\\n")
+resumed = state is not None
+checkpoint.write_text(state or "state")
 (out / "config.yaml").write_text(text)
 which = f"{cfg['algo']}/{cfg['env']}/{cfg['budget']}/seed{cfg['seed']}"
 if which == os.environ.get("STUB_FAIL_ONCE") and not resumed:
@@ -400,8 +403,12 @@ if which == os.environ.get("STUB_FAIL_ALWAYS"):
 if which == os.environ.get("STUB_HANG") and not resumed:
     import time
     time.sleep(600)  # the test kills Snakemake and this job while it "trains"
+checkpoint.write_text("done")
 for name in ("provenance.json", "eval_returns.csv", "model_eval.csv", "metrics.csv"):
     (out / name).write_text("deployment\\n1\\n")
+if which == os.environ.get("STUB_HANG_DONE") and not resumed:
+    import time
+    time.sleep(600)  # complete, but killed before Snakemake records the job as done
 '''
 
 STUB_ANALYSIS = '''
@@ -493,14 +500,16 @@ def test_keep_going_then_an_edit_reruns_exactly_the_runs_it_changes(stub_workflo
 
 
 def test_killing_snakemake_and_a_job_then_rerunning_completes_without_redoing_finished_runs(stub_workflow):
-    hanging = "bremen/hopper/250k/seed0"
+    hanging, done_unrecorded = "bremen/hopper/250k/seed0", "musbo/ant/250k/seed0"
     cmd = [sys.executable, "-m", "snakemake", "all", "--cores", "2", SMOKE]
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    proc = subprocess.Popen(cmd, cwd=stub_workflow, env={**os.environ, "PATH": path, "STUB_HANG": hanging},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=stub_workflow, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PATH": path, "STUB_HANG": hanging, "STUB_HANG_DONE": done_unrecorded},
+                            start_new_session=True)
     runs = stub_workflow / "results/smoke/runs"
     deadline = time.time() + 240
-    while not (runs / hanging / "checkpoints/deployment_1.pt").exists() and time.time() < deadline:
+    while not ((runs / hanging / "checkpoints/deployment_1.pt").exists()
+               and (runs / done_unrecorded / "metrics.csv").exists()) and time.time() < deadline:
         time.sleep(0.5)
     time.sleep(1)
     os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and every job it started, mid-flight
@@ -511,8 +520,14 @@ def test_killing_snakemake_and_a_job_then_rerunning_completes_without_redoing_fi
     proc = snakemake("all", "--cores", "2", SMOKE, cwd=stub_workflow)
     assert proc.returncode == 0, proc.log
     rerun = {(w["algo"], w["env"], w["budget"], w["seed"]) for rule, w in jobs_of(proc.log) if rule == "run"}
-    redone = {runs / a / e / b / f"seed{sd}" for a, e, b, sd in rerun} & finished_before
-    assert not redone, f"finished runs were run again: {redone}"
+    rescheduled = {runs / a / e / b / f"seed{sd}" for a, e, b, sd in rerun} & finished_before
+    # A job that wrote metrics.csv just before the kill, before Snakemake recorded it as done, is
+    # incomplete to Snakemake and runs again (only the one job running beside the hanging one);
+    # it must find its last checkpoint and train nothing.
+    assert rescheduled == {runs / done_unrecorded}, f"finished runs scheduled again: {rescheduled}"
+    for run in finished_before:
+        attempts = (run / "attempts.txt").read_text().split()
+        assert attempts in (["fresh"], ["fresh", "nothing-to-train"]), f"{run} trained again: {attempts}"
     assert len(list(runs.glob("*/*/*/*/metrics.csv"))) == 30
     assert (runs / hanging / "attempts.txt").read_text().split() == ["fresh", "resumed"]
 
