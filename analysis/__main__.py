@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from algos.rundir import RunError
 from analysis.results import NoResultsError
 from analysis.targets import TARGETS, figures_dir, run
 
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     out = args.out if args.out is not None else figures_dir(args.profile)
     try:
         paths = run(args.target, args.profile, args.results, out, cfg)
-    except NoResultsError as err:
+    except (NoResultsError, RunError) as err:  # no usable runs; a file that cannot be written
         print(f"python -m analysis {args.target}: {err}", file=sys.stderr)
         return 2
     for p in paths:

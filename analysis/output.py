@@ -1,36 +1,28 @@
-"""Writing paper_figures/: every file is written to a temporary file in the same directory
-and then moved into place with os.replace, so a reader (or a crashed job) never sees a
-half-written file. Figures are saved as PDF and rendered to png/NAME.png."""
+"""Writing paper_figures/: every file is rendered in memory and written all or nothing by the
+one atomic writer of the project (algos.rundir.atomic_write_bytes), so a reader (or a crashed
+job) never sees a half-written file. Figures are saved as PDF and rendered to png/NAME.png."""
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from algos.rundir import atomic_write_bytes
+
 PNG_DPI = 130
 
 
-def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp_path) on a temporary file next to `path`, then move it to `path`."""
+def write_bytes(path: Path | str, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     return path
 
 
 def write_text(path: Path | str, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def save_figure(fig, out_dir: Path | str, name: str) -> list[Path]:
@@ -39,12 +31,11 @@ def save_figure(fig, out_dir: Path | str, name: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    pdf = atomic_write(out_dir / f"{name}.pdf", lambda tmp: fig.savefig(
-        tmp, format="pdf", bbox_inches="tight", metadata={"CreationDate": None}))
-    png = atomic_write(out_dir / "png" / f"{name}.png", lambda tmp: fig.savefig(
-        tmp, format="png", dpi=PNG_DPI, bbox_inches="tight"))
+    pdf, png = io.BytesIO(), io.BytesIO()
+    fig.savefig(pdf, format="pdf", bbox_inches="tight", metadata={"CreationDate": None})
+    fig.savefig(png, format="png", dpi=PNG_DPI, bbox_inches="tight")
     plt.close(fig)
-    return [pdf, png]
+    return [write_bytes(out_dir / f"{name}.pdf", pdf.getvalue()), write_bytes(out_dir / "png" / f"{name}.png", png.getvalue())]
 
 
 def fmt_interval(ci, digits: int = 0) -> str:
@@ -58,7 +49,7 @@ def fmt_interval(ci, digits: int = 0) -> str:
 
 
 def write_csv(path: Path | str, df: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
+    return write_text(path, df.to_csv(index=False, float_format="%.6g"))
 
 
 def markdown_table(df: pd.DataFrame) -> str:

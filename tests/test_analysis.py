@@ -2,6 +2,7 @@
 writes its files, missing runs are named, Tables 1 and 2 hold what the batches and the
 config say, and a missing results dir is a clear error."""
 import copy
+import errno
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,20 @@ def test_missing_results_dir_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="holds no completed run"):
         targets.run("report", "mini", tmp_path / "empty", tmp_path / "out")
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_output(results, tmp_path, monkeypatch, capsys):
+    # the analysis writes through the run directory's one atomic writer
+    from algos import rundir
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(rundir.os, "fsync", full)
+    out = tmp_path / "out"
+    assert cli.main(["table2", "--profile", "mini", "--results", str(results), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device; free some space" in err[0], err
+    assert not [p for p in out.rglob("*") if p.is_file()]
 
 
 def test_a_figure_without_any_of_its_runs_still_renders(tmp_path, mini):
