@@ -35,7 +35,8 @@ def save_figure(fig, out_dir: Path | str, name: str) -> list[Path]:
     fig.savefig(pdf, format="pdf", bbox_inches="tight", metadata={"CreationDate": None})
     fig.savefig(png, format="png", dpi=PNG_DPI, bbox_inches="tight")
     plt.close(fig)
-    return [write_bytes(out_dir / f"{name}.pdf", pdf.getvalue()), write_bytes(out_dir / "png" / f"{name}.png", png.getvalue())]
+    return [write_bytes(out_dir / f"{name}.pdf", pdf.getvalue()),
+            write_bytes(out_dir / "png" / f"{name}.png", png.getvalue())]
 
 
 def fmt_interval(ci, digits: int = 0) -> str:

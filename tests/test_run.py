@@ -34,6 +34,14 @@ def results(out):
     return metrics, pd.read_csv(out / "eval_returns.csv"), pd.read_csv(out / "model_eval.csv"), batches
 
 
+def assert_same_results(out, reference):
+    for ours, theirs in zip(results(out), results(reference)):
+        if isinstance(ours, dict):
+            assert ours == theirs                             # batches bit-identical
+        else:
+            pd.testing.assert_frame_equal(ours, theirs)
+
+
 def snapshot(out):
     """Every file under `out` with its bytes: equal snapshots = nothing was written."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(Path(out).rglob("*")) if p.is_file()}
@@ -93,11 +101,7 @@ def test_sigkill_then_rerun_resumes_and_matches(reference, tmp_path, kill_at):
     assert not (tmp_path / "metrics.csv").exists()           # complete only when the run is
     resumed = run_cli(tmp_path)
     assert "resuming after deployment" in resumed.stderr
-    for ours, theirs in zip(results(tmp_path), results(reference)):
-        if isinstance(ours, dict):
-            assert ours == theirs                             # batches bit-identical
-        else:
-            pd.testing.assert_frame_equal(ours, theirs)
+    assert_same_results(tmp_path, reference)
 
 
 def test_rerunning_a_complete_run_trains_nothing_and_rewrites_the_same_results(reference, tmp_path):
@@ -113,11 +117,7 @@ def test_rerunning_a_complete_run_trains_nothing_and_rewrites_the_same_results(r
     assert "collect" not in rerun.stderr.split("resuming after deployment")[1].split("finished in")[0]
     assert snapshot(out / "checkpoints") == checkpoints
     assert {p.name: p.stat().st_mtime_ns for p in (out / "batches").glob("*.npz")} == batch_mtimes
-    for ours, theirs in zip(results(out), results(reference)):
-        if isinstance(ours, dict):
-            assert ours == theirs
-        else:
-            pd.testing.assert_frame_equal(ours, theirs)
+    assert_same_results(out, reference)
 
 
 def test_corrupted_batch_is_detected_and_redone(reference, tmp_path):
