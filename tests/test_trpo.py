@@ -24,6 +24,13 @@ def make_policy(obs_dim=4, act_dim=2, hidden=(16,), seed=0, **kw):
     return policy
 
 
+def states_and_sampled_actions(policy, T, N, gen):
+    """Random states [T, N, 4] and the policy's sampled actions [T, N, 2] (make_policy's sizes)."""
+    obs = torch.randn(T, N, 4, generator=gen)
+    with torch.no_grad():
+        return obs, policy.sample(obs.reshape(-1, 4), gen).reshape(T, N, 2)
+
+
 def batch(policy, n=256, seed=1):
     gen = torch.Generator().manual_seed(seed)
     obs = torch.randn(n, policy.obs_dim, generator=gen)
@@ -416,9 +423,7 @@ def test_policy_update_ignores_dead_steps_and_guards_nan():
     policy = make_policy()
     gen = torch.Generator().manual_seed(0)
     T, N = 5, 16
-    obs = torch.randn(T, N, 4, generator=gen)
-    with torch.no_grad():
-        act = policy.sample(obs.reshape(-1, 4), gen).reshape(T, N, 2)
+    obs, act = states_and_sampled_actions(policy, T, N, gen)
     rollout = dict(obs=obs, act=act, rew=-act.pow(2).sum(-1), next_obs=torch.roll(obs, -1, 0),
                    terminated=torch.zeros(T, N, dtype=torch.bool), alive=torch.ones(T, N))
     rollout["terminated"][2, :4] = True
@@ -451,9 +456,7 @@ def test_policy_update_reads_the_rollout_timestep_and_bootstraps_only_when_asked
     policy = make_policy()
     gen = torch.Generator().manual_seed(0)
     T, N = 4, 3
-    obs = torch.randn(T, N, 4, generator=gen)
-    with torch.no_grad():
-        act = policy.sample(obs.reshape(-1, 4), gen).reshape(T, N, 2)
+    obs, act = states_and_sampled_actions(policy, T, N, gen)
     timestep = torch.tensor([[7, 0, 2], [8, 1, 0], [0, 2, 1], [1, 3, 2]])
     rollout = dict(obs=obs, act=act, rew=-act.pow(2).sum(-1), next_obs=obs + 1, timestep=timestep,
                    terminated=torch.zeros(T, N, dtype=torch.bool))
