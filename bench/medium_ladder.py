@@ -1,0 +1,186 @@
+"""The medium ladder (issue 19): which sizes make the baselines learn on this machine, picked by
+the rule written in config/medium.yaml's header BEFORE any medium result (MUSBO never runs here).
+
+    python bench/medium_ladder.py [--rungs R1 R2 R3] [--seeds 100 101 102] [--plot-only]
+
+Each rung is a set of size factors against the paper (RUNGS); its runs are the medium profile
+with the rung's sizes as --set overrides, budget 500k / K, into results/medium/ladder/<rung>/...
+(resumable; not committed). Rungs are tried in cost order and the ladder stops at the first that
+passes. Writes bench/medium_ladder.json (rungs, per-seed returns per deployment, CPU-minutes, the
+verdict per gating pair and rung, the pick) and bench/medium_ladder.pdf (final return against
+CPU-minutes per rung)."""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from algos.config import load_profile  # noqa: E402
+
+# K: budget divisor; f: TRPO iterations = Table 2 x f; samples: imagined samples per TRPO iteration;
+# epochs: model/labeler epoch cap (MOPO's too); bc_steps: BREMEN's BC steps; sac_steps and
+# rollout_batch: MOPO's per deployment.
+RUNGS = {
+    "R1": dict(K=10, f=0.025, samples=5000, epochs=20, bc_steps=5000, sac_steps=5000, rollout_batch=5000),
+    "R2": dict(K=5, f=0.05, samples=5000, epochs=30, bc_steps=10000, sac_steps=10000, rollout_batch=10000),
+    "R3": dict(K=5, f=0.1, samples=10000, epochs=50, bc_steps=20000, sac_steps=20000, rollout_batch=20000),
+}
+GATING = [("bremen", "halfcheetah"), ("mopo", "halfcheetah"), ("mopo", "hopper")]
+REPORTED = [("bremen", "hopper")]           # run and shown, not gating (config/medium.yaml: the rule)
+MAX_MEAN_CPU_MIN = 20.0
+BUDGET = "500k"
+
+
+def rung_overrides(rung: str, env: str) -> list[str]:
+    """The --set overrides that turn the medium profile into `rung` for `env`."""
+    r, paper = RUNGS[rung], load_profile("paper")["run"]
+    iterations = paper["envs"][env]["trpo"]["iterations"]
+    budgets = paper["defaults"]["budget_samples"]
+    return [f"budget_samples.{b}={n // r['K']}" for b, n in budgets.items()] + [
+        f"trpo.iterations={round(iterations * r['f'])}", f"trpo.transitions_per_iteration={r['samples']}",
+        f"dynamics.max_epochs={r['epochs']}", f"labeler.max_epochs={r['epochs']}",
+        f"bremen.model_max_epochs={r['epochs']}", f"mopo.max_epochs={r['epochs']}", f"bc.steps={r['bc_steps']}",
+        f"mopo.sac_steps={r['sac_steps']}", f"mopo.rollout_batch={r['rollout_batch']}"]
+
+
+def run_dir(rung: str, algo: str, env: str, seed: int) -> Path:
+    return ROOT / "results" / "medium" / "ladder" / rung / algo / env / BUDGET / f"seed{seed}"
+
+
+def ensure_run(rung: str, algo: str, env: str, seed: int) -> float:
+    """Runs (or resumes) one ladder run; returns its CPU-minutes (kept in cpu_minutes.txt, summed
+    over the sittings that made it)."""
+    out = run_dir(rung, algo, env, seed)
+    cpu_file = out / "cpu_minutes.txt"
+    if (out / "metrics.csv").is_file() and cpu_file.is_file():
+        return float(cpu_file.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_config = out.parent / f"seed{seed}.run_config.yaml"
+    sets = rung_overrides(rung, env)
+    subprocess.run([sys.executable, "-m", "algos.config", "write-run-config", "--out", str(run_config),
+                    "--profile", "medium", "--algo", algo, "--env", env, "--budget", BUDGET, "--seed", str(seed),
+                    "--set", *sets], cwd=ROOT, check=True)
+    print(f"medium_ladder: {rung} {algo} {env} seed {seed} -> {out}", file=sys.stderr, flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-m", "algos.run", "--run-config", str(run_config), "--out", str(out)],
+                   cwd=ROOT, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    minutes = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60.0
+    previous = float(cpu_file.read_text()) if cpu_file.is_file() else 0.0  # an earlier, interrupted sitting
+    cpu_file.write_text(f"{previous + minutes:.3f}\n")
+    return previous + minutes
+
+
+def read_run(rung: str, algo: str, env: str, seed: int) -> dict | None:
+    out = run_dir(rung, algo, env, seed)
+    if not ((out / "metrics.csv").is_file() and (out / "cpu_minutes.txt").is_file()):
+        return None
+    metrics = pd.read_csv(out / "metrics.csv")
+    evals = pd.read_csv(out / "eval_returns.csv")
+    return {"algo": algo, "env": env, "seed": seed,
+            "returns_by_deployment": [float(x) for x in metrics.eval_return_mean],
+            "random_policy": float(evals[evals.deployment == 0]["return"].mean()),
+            "cpu_minutes": float((out / "cpu_minutes.txt").read_text())}
+
+
+def pair_verdict(runs: list[dict]) -> dict:
+    """The rule for one gating pair: every seed ends above its deployment-1 return, and the mean
+    gain over the random policy exceeds 2 standard errors of the seeds' gains."""
+    last = np.array([r["returns_by_deployment"][-1] for r in runs])
+    first = np.array([r["returns_by_deployment"][0] for r in runs])
+    gain = last - np.array([r["random_policy"] for r in runs])
+    se = gain.std(ddof=1) / np.sqrt(len(gain))
+    ends_above_first = bool((last > first).all())
+    clear_gain = bool(gain.mean() > 2 * se)
+    return {"seeds": len(runs), "ends_above_deployment_1": ends_above_first, "clear_gain_over_random": clear_gain,
+            "passes": ends_above_first and clear_gain, "mean_last": float(last.mean()),
+            "mean_deployment_1": float(first.mean()), "mean_random": float(np.mean([r["random_policy"] for r in runs]))}
+
+
+def evaluate_rung(rung: str, seeds: list[int]) -> dict:
+    runs = [r for algo, env in GATING + REPORTED for seed in seeds if (r := read_run(rung, algo, env, seed))]
+    complete = len(runs) == len(GATING + REPORTED) * len(seeds)
+    pairs = {}
+    for algo, env in GATING + REPORTED:
+        mine = [r for r in runs if (r["algo"], r["env"]) == (algo, env)]
+        if len(mine) == len(seeds):
+            pairs[f"{algo}/{env}"] = {**pair_verdict(mine), "gating": (algo, env) in GATING}
+    mean_cpu = float(np.mean([r["cpu_minutes"] for r in runs])) if runs else None
+    gating_passed = sum(pairs.get(f"{a}/{e}", {}).get("passes", False) for a, e in GATING)
+    passed = complete and gating_passed == len(GATING) and mean_cpu <= MAX_MEAN_CPU_MIN
+    return {"factors": RUNGS[rung], "complete": complete, "runs": runs, "pairs": pairs,
+            "mean_cpu_minutes": mean_cpu, "gating_pairs_passed": gating_passed, "passes": passed}
+
+
+def pick(rungs: dict) -> dict:
+    """The rule's pick: the cheapest passing rung; else (every rung complete) the most gating pairs
+    passed, the cheaper on a tie; else nothing yet."""
+    order = [r for r in RUNGS if r in rungs]
+    for r in order:
+        if rungs[r]["passes"]:
+            return {"rung": r, "why": "the cheapest rung that passes the rule"}
+    if len(order) == len(RUNGS) and all(rungs[r]["complete"] for r in order):
+        best = max(order, key=lambda r: (rungs[r]["gating_pairs_passed"], -order.index(r)))
+        return {"rung": best, "why": "no rung passes: the most gating pairs passed, the cheaper on a tie"}
+    return {"rung": None, "why": "undecided: no rung run so far passes and the ladder is not complete"}
+
+
+def plot(rungs: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rung in rungs.items():
+        for key, runs in pd.DataFrame(rung["runs"]).groupby(["algo", "env"]) if rung["runs"] else []:
+            finals = [r[-1] for r in runs.returns_by_deployment]
+            ax.errorbar(runs.cpu_minutes.mean(), np.mean(finals), yerr=np.std(finals), fmt="o", capsize=3,
+                        label=f"{name} {key[0]} {key[1]}")
+    ax.set_xlabel("CPU-minutes per run (mean over seeds)")
+    ax.set_ylabel("final eval return (mean ± sd over seeds)")
+    ax.set_title("Medium ladder (baselines only; rule in config/medium.yaml)", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=list(RUNGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
+    parser.add_argument("--plot-only", action="store_true", help="summarise the runs on disk, run nothing")
+    args = parser.parse_args()
+    rungs = {}
+    for rung in [r for r in RUNGS if r in args.rungs]:
+        if not args.plot_only:
+            for algo, env in GATING + REPORTED:
+                for seed in args.seeds:
+                    ensure_run(rung, algo, env, seed)
+        rungs[rung] = evaluate_rung(rung, args.seeds)
+        if rungs[rung]["passes"]:
+            break  # the rule: no rung above the first passing one is run
+    result = {"rule": "config/medium.yaml header (also docs/paper_to_code.md, 'The medium profile')",
+              "seeds": args.seeds, "gating": [f"{a}/{e}" for a, e in GATING],
+              "reported": [f"{a}/{e}" for a, e in REPORTED], "max_mean_cpu_minutes": MAX_MEAN_CPU_MIN,
+              "rungs": rungs, "pick": pick(rungs)}
+    out = ROOT / "bench" / "medium_ladder.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(rungs, out.with_suffix(".pdf"))
+    for name, rung in rungs.items():
+        print(f"{name}: complete={rung['complete']} mean CPU-min={rung['mean_cpu_minutes']} passes={rung['passes']}")
+        for pair, v in rung["pairs"].items():
+            print(f"  {pair}: deployment 1 {v['mean_deployment_1']:.0f} -> last {v['mean_last']:.0f} "
+                  f"(random {v['mean_random']:.0f}) passes={v['passes']}")
+    print(f"pick: {result['pick']}\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()
