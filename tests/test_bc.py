@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from algos.core.bc import bc_loss, clone_policy, normalizer_moments, weighted_bc
+from algos.core.bc import bc_loss, clone_policy, normalizer_moments, random_action_loss, weighted_bc
 from algos.core.policy import GaussianPolicy
 from algos.core.scalars import Scalars
 from algos.core.training import StoppingRule
@@ -142,3 +142,44 @@ def test_non_finite_loss_names_the_phase():
     act[3, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="phase=bc"):
         weighted_bc(make_policy(), data(obs, act), None, **BC, stopping=RULE, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("log_std, min_log_std", [("global", -5.0), ("state_dependent", -1.0)])
+def test_random_action_loss_is_the_loss_of_the_best_fit_to_uniform_actions(log_std, min_log_std):
+    """The best predictor of U[-1, 1] actions drawn independently of s is 0 (and, with a
+    state-dependent log-std, the smallest std): its bc_loss on many samples is the formula."""
+    gen = torch.Generator().manual_seed(0)
+    n, act_dim = 200_000, 3
+    obs, act = torch.randn(n, 4, generator=gen), 2 * torch.rand(n, act_dim, generator=gen) - 1
+    weights = torch.rand(n, generator=gen)
+    policy = make_policy(obs_dim=4, act_dim=act_dim, log_std=log_std, min_log_std=min_log_std)
+    with torch.no_grad():
+        policy.mean_head.weight.zero_()
+        policy.mean_head.bias.zero_()                               # mean 0 everywhere
+        if policy.state_dependent:
+            policy.log_std_weight.zero_()
+            policy.log_std.fill_(-50.0)                             # tanh = -1: std = exp(min_log_std)
+        loss = float(bc_loss(policy, obs, act, weights, torch.Generator().manual_seed(1)))
+    min_std = np.exp(min_log_std) if policy.state_dependent else 0.0
+    expected = random_action_loss(act_dim, float(weights.mean()), min_std)
+    assert loss == pytest.approx(expected, rel=0.01)
+    assert random_action_loss(act_dim, 1.0) == pytest.approx(act_dim / 6)
+
+
+def test_cloning_random_actions_ends_at_the_recorded_reference_and_real_actions_below_it():
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(2000, 3, generator=gen)
+    random_act = 2 * torch.rand(2000, 2, generator=gen) - 1
+    learnable = torch.tanh(obs[:, :2] - 0.5 * obs[:, 2:])          # a function of s
+    weights = torch.full((2000,), 0.5)
+    losses = {}
+    for name, act in (("random", random_act), ("learnable", learnable)):
+        scalars = Scalars()
+        weighted_bc(make_policy(), data(obs, act), weights, **BC, steps=400, scalars=scalars,
+                    generator=torch.Generator().manual_seed(0))
+        rows = [r for r in scalars.rows if r["phase"] == "bc"]
+        reference = [r["value"] for r in rows if r["name"] == "random_action_loss"]
+        assert reference == [pytest.approx(random_action_loss(2, 0.5))]   # once, from the train weights
+        losses[name] = [r["value"] for r in rows if r["name"] == "bc_loss"][-1] / reference[0]
+    assert losses["random"] > 0.95                  # nothing to learn: at the random-action level
+    assert losses["learnable"] < 0.2

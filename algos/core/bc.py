@@ -47,6 +47,18 @@ def bc_loss(policy: GaussianPolicy, obs, act, weights, generator: torch.Generato
     return (0.5 * weights * (act - pred).pow(2).sum(-1)).mean()
 
 
+def random_action_loss(act_dim: int, mean_weight: float, min_std: float = 0.0) -> float:
+    """The reference of eq. 11's loss: `bc_loss` of the best fit to actions drawn from U[-1, 1]^d
+    independently of the state (on the same states, weights and normaliser), in expectation.
+    No function of s predicts such actions better than their mean 0 (the normaliser does not
+    matter), and each entry has variance 1/3, so
+        loss = 1/2 * mean(w) * d * (1/3 + min_std^2),
+    min_std = 0 for the tanh mean (global log-std); with a state-dependent log-std the loss scores
+    a sampled action mean + std * eps, best at std = exp(min_log_std): its variance adds min_std^2.
+    A final bc_loss near this says the cloned policy carries nothing over from the data."""
+    return 0.5 * float(mean_weight) * int(act_dim) * (1.0 / 3.0 + float(min_std) ** 2)
+
+
 def bc_parameters(policy: GaussianPolicy) -> list[torch.nn.Parameter]:
     """What behaviour cloning trains: every parameter with a state-dependent log-std head, else
     the mean network."""
@@ -97,7 +109,8 @@ def weighted_bc(policy: GaussianPolicy, train: dict, weights, *, lr: float, batc
 
     steps: that many Adam steps (BREMEN), no validation. Otherwise epochs under `stopping`,
     validated on `holdout` (the training data when None or empty), best weights restored.
-    Records `bc_loss` (phase "bc", step = pass over the data) and, with a holdout, `holdout_loss`."""
+    Records `bc_loss` (phase "bc", step = pass over the data), with a holdout `holdout_loss`, and
+    once `random_action_loss` (step 0), the loss of cloning uniform-random actions on the same data."""
     if (steps is None) == (stopping is None):
         raise ValueError("weighted_bc needs exactly one of steps (fixed schedule) or stopping (early stopping)")
     device = policy.obs_mean.device
@@ -158,6 +171,8 @@ def weighted_bc(policy: GaussianPolicy, train: dict, weights, *, lr: float, batc
                 p.copy_(b)
     if scalars is not None:
         scalars.add("bc", "steps", taken, 0)
+        min_std = float(np.exp(policy.min_log_std)) if policy.state_dependent else 0.0
+        scalars.add("bc", "random_action_loss", random_action_loss(policy.act_dim, float(w.mean()), min_std), 0)
     return dict(epochs=epoch, steps=taken, final_train_loss=train_loss, val_losses=val_losses,
                 best_val_loss=None if state is None else float(state.best[0]),
                 best_epoch=None if state is None else int(state.best_epoch[0]), n_train=n,
