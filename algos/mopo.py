@@ -189,6 +189,9 @@ class MOPO:
                     lengths.append(len(rollout["obs"]) / m["rollout_batch"])
                     self.scalars.add_many("mopo_rollout", {"penalty_mean": penalties[-1],
                                                            "penalty_max": float(penalty.max()),
+                                                           # r-hat before the penalty (rew = r-hat - lambda u)
+                                                           "model_reward_mean": float(rollout["rew"].mean())
+                                                           + m["penalty_lambda"] * penalties[-1],
                                                            "rollout_length": lengths[-1]}, step)
                     if interval:  # SAC's losses and alpha averaged over the previous interval
                         self.scalars.add_many("sac", {k: v / interval_steps for k, v in interval.items()}, step)

@@ -324,3 +324,25 @@ def test_diagnostics_model_penalty_and_sac():
     maxes = [r["value"] for r in rows if r["name"] == "penalty_max"]
     assert len(means) == 2 * math.ceil(25 / 10) and all(0 < a <= b for a, b in zip(means, maxes))
     assert [r["step"] for r in rows if r["name"] == "q_loss"][:3] == [10, 20, 25]
+
+
+def test_model_reward_mean_is_the_reward_before_the_penalty(monkeypatch):
+    """mopo_rollout/model_reward_mean: the mean r-hat of each rollout's stored transitions, beside
+    penalty_mean (the analysis compares lambda * penalty with it)."""
+    raw_per_rollout, real_rollout, real_step = [], mopo_module.model_rollout, mopo_module.penalised_model_step
+
+    def rollout(*args, **kwargs):
+        raw_per_rollout.append([])
+        return real_rollout(*args, **kwargs)
+
+    def step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        raw_per_rollout[-1].append(out["raw_reward"])
+        return out
+    monkeypatch.setattr(mopo_module, "model_rollout", rollout)
+    monkeypatch.setattr(mopo_module, "penalised_model_step", step)
+    algo, _, _ = run_two_deployments(tiny_cfg(penalty_lambda=2.5))
+    recorded = [r["value"] for r in algo.scalars.rows if r["name"] == "model_reward_mean"]
+    expected = [float(torch.cat(raw).mean()) for raw in raw_per_rollout]
+    assert len(recorded) == len(expected) > 0
+    np.testing.assert_allclose(recorded, expected, rtol=1e-5, atol=1e-6)
