@@ -175,7 +175,7 @@ class MOPO:
             real = ReplayBuffer.from_arrays(data, self.device)                    # D_env = D_all
             starts = torch.as_tensor(dataset.start_states(self.m["start_states"]), device=self.device)
             model_data = ReplayBuffer(self.model_buffer_capacity(), self.obs_dim, self.act_dim, self.device)
-            termination = lambda s, a, s2: envs.model_termination(self.env_name, s, a, s2)  # noqa: E731
+            termination = lambda s, a, s2: envs.mopo_termination(self.env_name, s, a, s2)  # noqa: E731
             penalties, lengths, losses = [], [], {}
             interval, interval_steps = {}, 0
             for step in range(m["sac_steps"]):

@@ -82,3 +82,18 @@ def model_termination(name: str, obs, act, next_obs):
     if spec.healthy_state_range is not None:  # Hopper: every entry of obs[1:]
         healthy = healthy & _inside(next_obs[..., 1:], spec.healthy_state_range).all(-1)
     return ~healthy
+
+
+def mopo_termination(name: str, obs, act, next_obs):
+    """MOPO's termination functions (mopo/static/<env>.py; the spec: "the env's termination
+    function"). Ant: True where s' has a non-finite entry or z = s'[0] leaves [0.2, 1.0], bounds
+    included (mopo/static/ant.py:9-14, = Ant-v5's is_healthy; `env_healthy_z_range`), although
+    appendix F, MUSBO and BREMEN (envs/gym/ant.py:69-71) never end an imagined Ant rollout.
+    Every other env: `model_termination` (the real env's own rule already)."""
+    bounds = get_spec(name).env_healthy_z_range
+    if bounds is None:
+        return model_termination(name, obs, act, next_obs)
+    next_obs = _as_array(next_obs)
+    z = next_obs[..., get_spec(name).z_index]
+    finite = (abs(next_obs) < float("inf")).all(-1)  # NaN and +-inf are not: numpy and torch alike
+    return ~(finite & (z >= bounds[0]) & (z <= bounds[1]))

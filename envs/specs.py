@@ -45,6 +45,9 @@ class EnvSpec:
     healthy_angle_range: tuple[float, float] | None = None   # on obs[angle_index]
     angle_index: int | None = None
     healthy_state_range: tuple[float, float] | None = None   # on every obs[1:] entry (Hopper)
+    # The real env's rule where the model side has none (Ant): healthy while every obs entry is
+    # finite and obs[z_index] lies in this range, bounds included; MOPO's termination (model_side).
+    env_healthy_z_range: tuple[float, float] | None = None
     gym_kwargs: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     source: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -104,7 +107,7 @@ ENV_SPECS: Mapping[str, EnvSpec] = MappingProxyType({
         obs_dim=27, act_dim=8,
         x_velocity_index=13, z_index=0, ctrl_cost=0.1, alive_bonus=1.0, terminates=False,
         env_ctrl_cost=0.5, env_terminates=True, frame_skip=5,
-        height_cost=3.0, height_target=0.57,
+        height_cost=3.0, height_target=0.57, env_healthy_z_range=(0.2, 1.0),
         gym_kwargs=_frozen({"include_cfrc_ext_in_observation": False}),
         source=_frozen({
             "layout": _GYM + "ant_v5.py with include_cfrc_ext_in_observation=False: obs = "
@@ -112,8 +115,9 @@ ENV_SPECS: Mapping[str, EnvSpec] = MappingProxyType({
             "reward": _APPENDIX_F + ": x_dot - 0.1 ||a||^2 - 3.0 (z - 0.57)^2 + 1",
             "env_ctrl_cost": _GYM + "ant_v5.py: ctrl_cost_weight=0.5 (NOT appendix F's 0.1), plus "
                              "contact_cost_weight=5e-4 on cfrc_ext",
-            "termination": _APPENDIX_F + ": off in imagined rollouts; the real Ant-v5 terminates "
-                           "when z leaves [0.2, 1.0] (ant_v5.py is_healthy)",
+            "termination": _APPENDIX_F + ": off in imagined rollouts (MUSBO; BREMEN's envs/gym/ant.py:69-71 "
+                           "is_done is False); the real Ant-v5 terminates when the state is not finite or z "
+                           "leaves [0.2, 1.0] (ant_v5.py is_healthy), as MOPO's mopo/static/ant.py:9-14 does",
             "frame_skip": _GYM + "ant_v5.py: frame_skip=5 (dt 0.05 s)",
         })),
     "cheetah-run": EnvSpec(

@@ -158,6 +158,7 @@ def test_table_matches_the_installed_gymnasium_defaults():
             assert spec.alive_bonus == default(cls, "healthy_reward")
         assert spec.env_terminates == ("terminate_when_unhealthy" in inspect.signature(cls.__init__).parameters)
     assert ENV_SPECS["ant"].env_ctrl_cost == 0.5 and ENV_SPECS["ant"].ctrl_cost == 0.1  # appendix F != Ant-v5
+    assert ENV_SPECS["ant"].env_healthy_z_range == tuple(default(AntEnv, "healthy_z_range"))  # MOPO's Ant rule
     assert make_env("cheetah-run").unwrapped.frame_skip == ENV_SPECS["cheetah-run"].frame_skip
     for spec in ENV_SPECS.values():
         assert {"layout", "reward", "termination"} <= set(spec.source), spec.name
@@ -282,6 +283,30 @@ def test_termination_rules_at_their_boundaries():
     np.testing.assert_array_equal(model_termination("walker2d", w, None, w), [False, True, True, True, False])
 
 
+def test_mopo_ends_imagined_ant_rollouts_by_mopos_rule_and_musbo_bremen_never():
+    """mopo/static/ant.py:9-14: done unless s' is finite and 0.2 <= z = s'[0] <= 1.0 (bounds in);
+    appendix F / BREMEN's ant.py is_done: never. Numpy and torch alike, any leading dims."""
+    a = np.zeros((7, 27), np.float32)
+    a[:, 0] = [0.55, 0.2, 1.0, 0.1999, 1.0001, 0.55, 0.55]
+    a[5, 20], a[6, 3] = np.nan, -np.inf  # a non-finite entry other than z
+    expected = [False, False, False, True, True, True, True]
+    np.testing.assert_array_equal(envs.mopo_termination("ant", a, None, a), expected)
+    t = torch.from_numpy(a).reshape(7, 1, 27)
+    done = envs.mopo_termination("ant", t, None, t)
+    assert done.dtype == torch.bool and done.shape == (7, 1) and done.reshape(-1).tolist() == expected
+    assert not model_termination("ant", a, None, a).any()  # MUSBO's and BREMEN's Ant never terminates
+    # on the real Ant-v5 (random actions, run past terminations) MOPO's rule is the env's own
+    r = rollout("ant", steps_past_termination=20)
+    np.testing.assert_array_equal(envs.mopo_termination("ant", r["obs"], r["act"], r["next_obs"]), r["terminated"])
+
+
+@pytest.mark.parametrize("name", ["walker2d", "hopper", "halfcheetah", "cheetah-run"])
+def test_mopo_termination_is_model_termination_on_the_other_envs(name):
+    r = rollout(name, steps_past_termination=20 if ENV_SPECS[name].terminates else 0)
+    np.testing.assert_array_equal(envs.mopo_termination(name, r["obs"], r["act"], r["next_obs"]),
+                                  model_termination(name, r["obs"], r["act"], r["next_obs"]))
+
+
 # ----- numpy and torch alike --------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ENV_NAMES)
@@ -320,6 +345,7 @@ def test_loading_leaves_no_mujoco_log_and_keeps_the_warning_callback(tmp_path, m
 
 def test_public_api():
     assert callable(envs.make_env) and callable(envs.model_reward) and callable(envs.model_termination)
+    assert callable(envs.mopo_termination)
     from envs.collector import collect, run_episodes  # noqa: F401
 
 

@@ -169,7 +169,7 @@ def test_mopo_end_to_end_two_deployments_and_weights_only_state_dict(monkeypatch
     cfg = tiny_cfg()
     m = cfg["mopo"]
     seen = {"termination": set(), "mix": set(), "rollouts": 0}
-    real_termination, real_mix, real_rollout = envs.model_termination, mopo_module.mixed_batch, mopo_module.model_rollout
+    real_termination, real_mix, real_rollout = envs.mopo_termination, mopo_module.mixed_batch, mopo_module.model_rollout
 
     def termination(name, *args):
         seen["termination"].add(name)
@@ -184,13 +184,13 @@ def test_mopo_end_to_end_two_deployments_and_weights_only_state_dict(monkeypatch
         seen["rollouts"] += 1
         return real_rollout(*args, **kwargs)
 
-    monkeypatch.setattr(envs, "model_termination", termination)
+    monkeypatch.setattr(envs, "mopo_termination", termination)
     monkeypatch.setattr(mopo_module, "mixed_batch", mix)
     monkeypatch.setattr(mopo_module, "model_rollout", rollout)
     algo, dataset, timer = run_two_deployments(cfg)
 
     assert timer.phases == ["model", "policy"] * 2
-    assert seen["termination"] == {ENV}                                   # the env's termination rule
+    assert seen["termination"] == {ENV}                                   # MOPO's (the env's) termination rule
     assert seen["mix"] == {(m["sac_batch_size"], m["real_ratio"], 200), (m["sac_batch_size"], m["real_ratio"], 400)}
     assert seen["rollouts"] == 2 * math.ceil(m["sac_steps"] / m["rollout_every"])
     assert algo.sac.updates == 2 * m["sac_steps"]                         # warm start: one agent throughout
