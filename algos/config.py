@@ -2,7 +2,8 @@
 (mini.yaml and smoke.yaml ship with the repo; a user's own profile is one more such file).
 
 A run's configuration is resolved once, in this order, and saved with the run:
-  run.defaults  <-  run.envs.<env>  <-  --set key=value overrides
+  run.defaults  <-  run.envs.<env>  <-  run.envs.<env>.per_algo.<algo>  <-  --set key=value overrides
+(per_algo: one algorithm's own value on one env, e.g. BREMEN's TRPO delta on Cheetah-Run.)
 The keys of `run.defaults` in config/paper.yaml are the schema: anything not there is rejected
 (in a profile, a workflow config or an override), with the closest known key named, before any
 work starts. Every leaf keeps the type of its paper value, every number is finite.
@@ -33,6 +34,8 @@ SHIPPED_PROFILES = ("paper", "mini", "smoke")  # any config/<name>.yaml is a pro
 ALGOS = ("musbo", "bremen", "mopo")
 # What resolve_run_config adds to the tree of run.defaults: the run's identity and B = budget / I.
 RUN_KEYS = ("profile", "algo", "env", "budget", "seed", "batch_size")
+# run.envs.<env>.per_algo.<algo>: run.defaults keys of one algorithm on one env, merged last.
+PER_ALGO = "per_algo"
 BUDGETS = ("500k", "250k")
 
 # The clamps of imagined states (algos/core/model_trpo.py: prediction_box).
@@ -317,8 +320,15 @@ def resolve_run_config(profile: str, algo: str, env: str, budget: str, seed: int
     if not isinstance(envs, dict) or not isinstance(envs.get(env, {}), dict):
         raise ConfigError(f"run.envs.{env} of {source} must be a mapping of run.defaults keys")
     _check_keys(run["defaults"], flat_schema, f"in run.defaults of {source}: ")
-    _check_keys(envs.get(env, {}), flat_schema, f"in run.envs.{env} of {source}: ")
-    cfg = deep_merge(run["defaults"], envs.get(env, {}))
+    section = dict(envs.get(env, {}))
+    per_algo = section.pop(PER_ALGO, None) or {}
+    if not isinstance(per_algo, dict) or not all(a in ALGOS and isinstance(v, dict) for a, v in per_algo.items()):
+        raise ConfigError(f"run.envs.{env}.{PER_ALGO} of {source} must map algorithms ({', '.join(ALGOS)}) to "
+                          f"run.defaults keys, got {per_algo!r}")
+    _check_keys(section, flat_schema, f"in run.envs.{env} of {source}: ")
+    for name, own in per_algo.items():  # every algorithm's section, so a typo shows on any run of the env
+        _check_keys(own, flat_schema, f"in run.envs.{env}.{PER_ALGO}.{name} of {source}: ")
+    cfg = deep_merge(deep_merge(run["defaults"], section), per_algo.get(algo, {}))
     for text in overrides:
         key, value = parse_override(text)
         if key not in flat_schema:

@@ -2,13 +2,15 @@
 deep-merged with config/PROFILE.yaml), and one env's `run:` settings."""
 from __future__ import annotations
 
-from algos.config import deep_merge, load_profile
+from algos.config import PER_ALGO, deep_merge, load_profile
 
 __all__ = ["load_profile", "env_run_config"]
 
 
 def env_run_config(cfg: dict, env: str) -> dict:
     """The `run:` settings of one env: run.defaults with run.envs[env] merged in (the order of
-    algos.config.resolve_run_config, without a run's --set overrides and validation)."""
+    algos.config.resolve_run_config, without a run's --set overrides and validation), without
+    one algorithm's own values (run.envs[env].per_algo): the values Table 2 states, MUSBO's."""
     run = cfg["run"]
-    return deep_merge(run["defaults"], run.get("envs", {}).get(env, {}))
+    section = {k: v for k, v in run.get("envs", {}).get(env, {}).items() if k != PER_ALGO}
+    return deep_merge(run["defaults"], section)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import algos.config as config_module
-from algos.config import ConfigError, check_run_config, config_hash, load_profile, resolve_run_config
+from algos.config import ALGOS, ConfigError, check_run_config, config_hash, load_profile, resolve_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +25,38 @@ def test_paper_profile_holds_table2_and_the_section4_grid():
         assert resolve_run_config("paper", "musbo", env, "250k", 0)["batch_size"] * deployments == 250_000
     assert resolve_run_config("paper", "musbo", "ant", "500k", 0)["trpo"]["gae_lambda"] == 0.97
     assert resolve_run_config("paper", "musbo", "hopper", "500k", 0)["trpo"]["gae_lambda"] == 0.95
+
+
+def test_bremen_runs_cheetah_run_with_its_readmes_target_kl_and_musbo_keeps_table_2():
+    """BREMEN's README.md:66 runs cheetah_run with --target_kl 0.1 (run.envs.cheetah-run.per_algo);
+    MUSBO and MOPO keep Table 2's 0.05, and every other env is the same for all three."""
+    for profile in ("paper", "mini", "smoke"):
+        delta = {a: resolve_run_config(profile, a, "cheetah-run", "500k", 0)["trpo"]["delta"] for a in ALGOS}
+        assert delta == {"musbo": 0.05, "bremen": 0.1, "mopo": 0.05}, profile
+    for env in ("walker2d", "hopper", "halfcheetah", "ant"):
+        configs = [resolve_run_config("paper", a, env, "500k", 0) for a in ALGOS]
+        assert all({k: v for k, v in c.items() if k != "algo"} == {k: v for k, v in configs[0].items() if k != "algo"}
+                   for c in configs), env
+    musbo, bremen = (resolve_run_config("paper", a, "cheetah-run", "500k", 0) for a in ("musbo", "bremen"))
+    assert bremen["trpo"] == {**musbo["trpo"], "delta": 0.1}                    # only delta differs
+    # --set still wins over per_algo
+    assert resolve_run_config("paper", "bremen", "cheetah-run", "500k", 0, ["trpo.delta=0.2"])["trpo"]["delta"] == 0.2
+
+
+@pytest.mark.parametrize("per_algo, message", [
+    ({"sac": {"trpo": {"delta": 0.1}}}, "run.envs.cheetah-run.per_algo of the workflow config (profile smoke) must map "
+                                        "algorithms (musbo, bremen, mopo)"),
+    ({"bremen": 0.1}, "must map algorithms"),
+    ({"bremen": {"trpo": {"detla": 0.1}}}, "in run.envs.cheetah-run.per_algo.bremen of the workflow config (profile "
+                                           "smoke): unknown config key 'trpo.detla'; did you mean 'trpo.delta'"),
+])
+def test_a_bad_per_algo_section_is_named_on_any_run_of_its_env(per_algo, message):
+    merged = load_profile("smoke")
+    merged["run"]["envs"]["cheetah-run"]["per_algo"] = per_algo
+    with pytest.raises(ConfigError) as err:
+        resolve_run_config("smoke", "musbo", "cheetah-run", "500k", 0, workflow_config=merged)
+    assert message in str(err.value)
+    resolve_run_config("smoke", "musbo", "hopper", "500k", 0, workflow_config=merged)  # other envs unaffected
 
 
 def test_mini_and_smoke_override_only_sizes():
