@@ -4,7 +4,9 @@
     does not hold    at least one comparison goes the other way (CIs do not overlap)
     inconclusive     otherwise (overlapping CIs, or one seed: no CI)
 plus "not tested" when the runs are missing and "not testable" when the profile's grid
-cannot show it (e.g. deployment 8 of a 5-deployment profile)."""
+cannot show it (e.g. deployment 8 of a 5-deployment profile). Each MUSBO-vs-baseline verdict
+carries a note naming the mechanisms it relies on that were inactive in those runs, and the
+report ends with their activity (analysis/mechanisms.py; also mechanisms.csv)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import summaries
+from analysis import mechanisms, summaries
 from analysis.figures import env_label, label
 from analysis.metrics import NO_ESTIMATE, Interval
 from analysis.output import fmt_interval, markdown_table, write_csv, write_text
@@ -35,6 +37,7 @@ class Claim:
     ours: str
     verdict: str
     rule: str
+    note: str = ""  # mechanisms the verdict relies on that were inactive in the runs (analysis/mechanisms.py)
 
 
 def compare(a: Interval, b: Interval) -> str | None:
@@ -62,8 +65,9 @@ def verdict(outcomes: list[str | None], want: str, n_seeds: int) -> str:
 class Evidence:
     """The CIs the claims need, computed once."""
 
-    def __init__(self, study: Study):
+    def __init__(self, study: Study, mech: pd.DataFrame | None = None):
         self.study = study
+        self.mechanisms = mechanisms.table(study) if mech is None else mech
         runs = study.metrics[study.metrics.kind == "runs"]
         self.returns = summaries.ci_over_seeds(runs[runs.seed.isin(study.seeds)],
                                                ["name", "env", "budget", "deployment"], "eval_return_mean")
@@ -84,6 +88,10 @@ class Evidence:
 
     def ret(self, algo, env, budget, deployment) -> Interval:
         return self.pick(self.returns, name=algo, env=env, budget=budget, deployment=deployment)
+
+    def mechanism_note(self, *scopes) -> str:
+        """The notes on mechanisms inactive in the runs at these (env, budget) pairs."""
+        return "<br>".join(mechanisms.notes(self.mechanisms, scopes))
 
     def agg(self, measure, budget, name) -> Interval:
         r = self.aggregate[(self.aggregate.measure == measure) & (self.aggregate.budget == budget)
@@ -109,15 +117,17 @@ def _musbo_beats_baselines(ev: Evidence, cid, where, text, paper, env, budget, d
     if all(o is None for o in outcomes) and all(not np.isfinite(ev.ret("musbo", env, budget, d).point)
                                                 for d in deployments):
         outcomes = []
-    return Claim(cid, where, text, paper, "<br>".join(shown), verdict(outcomes, "above", len(study.seeds)), rule)
+    return Claim(cid, where, text, paper, "<br>".join(shown), verdict(outcomes, "above", len(study.seeds)), rule,
+                 ev.mechanism_note((env, budget)))
 
 
 def _not_testable(cid, where, text, paper, why) -> Claim:
     return Claim(cid, where, text, paper, "-", f"not testable: {why}", "-")
 
 
-def collect_claims(study: Study) -> list[Claim]:
-    ev = Evidence(study)
+def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim]:
+    """mech: `mechanisms.table(study)` when already computed."""
+    ev = Evidence(study, mech)
     cfg, claims = study.cfg, []
     has = {(e, b) for e in cfg["envs"] for b in cfg["budgets"]}
     n_seeds = len(study.seeds)
@@ -187,7 +197,8 @@ def collect_claims(study: Study) -> list[Claim]:
                             "to reach MUSBO's deployment-2 score.", "4-5 deployments",
                             f"MUSBO at deployment 2: {fmt_interval(m2)}<br>" + "<br>".join(shown),
                             verdict(outcomes, "below", n_seeds),
-                            "both baselines' CIs at deployments 2 and 3 below MUSBO's deployment-2 CI"))
+                            "both baselines' CIs at deployments 2 and 3 below MUSBO's deployment-2 CI",
+                            ev.mechanism_note((env, "500k"))))
 
     # -- section 4, 250k (Figs. 4, 5) --
     env = "walker2d"
@@ -244,7 +255,8 @@ def collect_claims(study: Study) -> list[Claim]:
     claims.append(Claim("C12", "§5, Table 1", f"MUSBO finds more novel data than BREMEN ({env_label(cfg['novelty_env'])}, "
                         f"{SECTION5_BUDGET}; our runs).", paper_txt, "cosine similarity:<br>" + "<br>".join(shown),
                         verdict(outcomes, "below", len(study.ablation_seeds)),
-                        "more novel = LOWER similarity: MUSBO's CI below BREMEN's at every deployment ≥ 2"))
+                        "more novel = LOWER similarity: MUSBO's CI below BREMEN's at every deployment ≥ 2",
+                        ev.mechanism_note((cfg["novelty_env"], SECTION5_BUDGET))))
     n_dep = study.deployments(cfg["model_eval_env"])
     for cid, metric, what in (("C13", "energy_distance", "energy distance"), ("C14", "trajectory_mse", "trajectory MSE")):
         d = ev.model_eval[ev.model_eval.metric == metric]
@@ -257,7 +269,8 @@ def collect_claims(study: Study) -> list[Claim]:
                             f"deployment 1: MUSBO {fmt_interval(first[0], 3)} · BREMEN {fmt_interval(first[1], 3)}<br>"
                             f"deployment {n_dep}: MUSBO {fmt_interval(m, 3)} · BREMEN {fmt_interval(b, 3)}",
                             verdict([compare(m, b)] if ok else [], "below", len(study.ablation_seeds)),
-                            f"MUSBO's CI below BREMEN's at the last deployment ({n_dep})"))
+                            f"MUSBO's CI below BREMEN's at the last deployment ({n_dep})",
+                            ev.mechanism_note((cfg["model_eval_env"], SECTION5_BUDGET))))
 
     # -- section 3, Theorem 1: monotone improvement --
     mono = summaries.ci_over_seeds(summaries.monotone_share(study), ["name", "env", "budget"], "share")
@@ -305,7 +318,8 @@ def collect_claims(study: Study) -> list[Claim]:
         claims.append(Claim(f"C15-{budget}", "Abstract, §6", f"MUSBO outperforms the baselines overall ({budget}).",
                             "no number", "probability of improvement of the final return, across envs:<br>"
                             + "<br>".join(shown), verdict(outcomes, "above", n_seeds),
-                            "for each baseline, the CI of P(MUSBO > baseline) above 0.5 (stratified bootstrap)"))
+                            "for each baseline, the CI of P(MUSBO > baseline) above 0.5 (stratified bootstrap)",
+                            ev.mechanism_note(*[(env, budget) for env in cfg["envs"]])))
     return claims
 
 
@@ -409,7 +423,8 @@ def readings_section(study: Study) -> list[str]:
 
 
 def claims(study: Study, out: Path) -> list[Path]:
-    rows = collect_claims(study)
+    mech = mechanisms.table(study)
+    rows = collect_claims(study, mech)
     present = len(study.main_keys()) - len(study.missing(study.main_keys()))
     header = [f"# The paper's claims, checked on profile `{study.profile}`", "",
               f"- Main curves: seeds {', '.join(map(str, study.seeds))}; Table 1 and Fig. 6: seeds "
@@ -427,13 +442,17 @@ def claims(study: Study, out: Path) -> list[Path]:
                   "seeds' values: every verdict here is indicative only; the paper profile's 5 seeds (or more) "
                   "are needed for a real test.**"] if len(study.seeds) < 5 else []),
                "- Table 1: a HIGHER cosine similarity means LESS novelty; the paper's own Table 1 gives MUSBO the "
-               "higher similarity at every deployment, which contradicts its claim (C11).", ""]
+               "higher similarity at every deployment, which contradicts its claim (C11).",
+               "- ⚠ under a verdict: a mechanism that MUSBO-vs-baseline comparison relies on was inactive in "
+               "those runs (section Mechanism activity below).", ""]
     df = pd.DataFrame([{"#": c.id, "Where": c.where, "Claim": c.claim, "Paper": c.paper, "Ours": c.ours,
-                        "Verdict": f"**{c.verdict}**", "Rule": c.rule} for c in rows])
+                        "Verdict": f"**{c.verdict}**" + "".join(f"<br>⚠ {n}" for n in c.note.split("<br>") if n),
+                        "Rule": c.rule} for c in rows])
     kinds = [next(k for k in VERDICT_KINDS if c.verdict.startswith(k)) for c in rows]
     summary = ["", "Summary: " + ", ".join(f"{kinds.count(k)} {k}" for k in VERDICT_KINDS if k in kinds), ""]
-    csv = pd.DataFrame([c.__dict__ for c in rows]).assign(ours=lambda d: d.ours.str.replace("<br>", "; "))
-    sections = monotone_section(study) + time_section(study) + readings_section(study)
+    csv = pd.DataFrame([c.__dict__ for c in rows]).assign(ours=lambda d: d.ours.str.replace("<br>", "; "),
+                                                          note=lambda d: d.note.str.replace("<br>", " | "))
+    sections = monotone_section(study) + time_section(study) + readings_section(study) + mechanisms.section(mech)
     return [write_text(Path(out) / "claims.md", "\n".join(header) + "\n" + markdown_table(df) + "\n".join(summary)
                        + "\n".join(sections)),
-            write_csv(Path(out) / "claims.csv", csv)]
+            write_csv(Path(out) / "claims.csv", csv), write_csv(Path(out) / "mechanisms.csv", mech)]

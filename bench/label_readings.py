@@ -34,6 +34,7 @@ from algos.config import resolve_run_config  # noqa: E402
 from algos.core.dataset import DeploymentDataset  # noqa: E402
 from algos.core.training import fit_ensemble, make_ensemble  # noqa: E402
 from algos.musbo import MUSBO, label_distance  # noqa: E402
+from analysis.mechanisms import CLIPPED_SHARE, DEGENERATE_SHARE, LABEL_TOL  # noqa: E402  (the rule's thresholds, one place)
 from envs.collector import collect  # noqa: E402
 
 DISTANCES = ("raw", "std_sum", "std_mean")
@@ -44,8 +45,8 @@ def describe(values: np.ndarray) -> dict:
     values = np.asarray(values, np.float64)
     p10, p50, p90 = np.percentile(values, [10, 50, 90])
     return {"mean": float(values.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90),
-            "share_at_0": float(np.mean(np.abs(values) <= 0.01)),
-            "share_at_1": float(np.mean(np.abs(values - 1) <= 0.01))}
+            "share_at_0": float(np.mean(np.abs(values) <= LABEL_TOL)),
+            "share_at_1": float(np.mean(np.abs(values - 1) <= LABEL_TOL))}
 
 
 @torch.no_grad()
@@ -137,7 +138,6 @@ def eq12_timing(rows_list=(50, 100, 200), obs_dim=17, act_dim=6, repeats=100) ->
 
 
 # ---- the decision rule of docs/paper_to_code.md ("Readings of eqs. 9, 12 and 22"), as code ----
-DEGENERATE_SHARE, CLIPPED_SHARE = 0.9, 0.25
 
 
 def degenerate(stats: dict) -> bool:
