@@ -44,6 +44,7 @@ PREDICTION_BOXES = ("abs_1e5", "data_range", "none")
 ROLLOUT_ENGINES = ("auto", "eager", "compiled", "cuda_graph")
 # Choices that a module of algos/core checks too: defined here once, imported there.
 LINE_SEARCHES = ("bremen", "kl_backtrack")        # algos/core/trpo.py: line_search
+BATCH_ASSEMBLIES = ("bremen_padded", "full")      # algos/core/trpo.py: policy_update
 HOLDOUT_SPLITS = ("batch_tail", "random")          # algos/core/dataset.py: DeploymentDataset.split
 KEEP_WEIGHTS = ("last", "best")                    # algos/core/training.py: StoppingRule.keep
 BC_NORMALIZERS = ("all_batches", "cloned_data")    # algos/core/bc.py: set_bc_normalizer
@@ -53,6 +54,7 @@ CHOICES = {
     "mopo.start_states": ("episode_starts", "all_states"),
     "trpo.baseline": ("linear", "mlp"),
     "trpo.line_search": LINE_SEARCHES,
+    "trpo.batch_assembly": BATCH_ASSEMBLIES,
     "trpo.sample_noise": ("fixed", "policy"),
     "policy.log_std": ("state_dependent", "global"),
     "bremen.model_reward_velocity_from": ("next_obs", "obs", "bremen_code"),
@@ -275,6 +277,10 @@ def _finish(tree: dict, profile: str, algo: str, env: str, budget: str, seed: in
     if len(cfg["mopo"]["weight_decay"]) != layers:
         raise ConfigError(f"{where}mopo.weight_decay has {len(cfg['mopo']['weight_decay'])} entries but mopo.hidden "
                           f"{cfg['mopo']['hidden']} makes {layers} layers: give one decay per layer")
+    t = cfg["trpo"]
+    if t["batch_assembly"] == "bremen_padded" and (not t["restart_terminated"] or t["bootstrap_cutoff"]):
+        raise ConfigError(f"{where}trpo.batch_assembly=bremen_padded needs trpo.restart_terminated=true and "
+                          f"trpo.bootstrap_cutoff=false (BREMEN's sampler); set them or use trpo.batch_assembly=full")
     if budget not in cfg["budget_samples"]:
         raise ConfigError(f"{where}budget_samples has no entry {budget!r}; add budget_samples.{budget}")
     batch_size = cfg["budget_samples"][budget] // cfg["deployments"]

@@ -23,6 +23,8 @@ from envs.model_side import model_reward, velocity_state
 # trpo.sample_noise: how imagined actions are sampled; the likelihood ratio and the KL always use
 # the policy's own std
 SAMPLE_NOISES = ("fixed", "policy")
+# trpo.batch_assembly=bremen_padded: BREMEN's sampler runs at most 1000 lanes (vectorized_sampler.py:24-25)
+BREMEN_MAX_LANES = 1000
 
 
 def prediction_box(kind: str, data: dict) -> tuple[np.ndarray, np.ndarray] | None:
@@ -76,8 +78,10 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
     (envs/model_side.py: VELOCITY_FROM). scalars: records per iteration (phase "policy", step =
     iteration) kl, step_fraction, line_search_accepted, line_search_backtracks,
     surrogate_improvement, expected_improvement, policy_std (mean std of the policy that scored
-    the batch), live_samples, mean_reward, mean_reward_x_horizon (mean reward per imagined step
-    x rollout_length), explained_variance and, with labels, the eq. 12 distribution (eq12_*)."""
+    the batch), live_samples (real rows of the update), padding_share (its padded rows /
+    transitions_per_iteration under trpo.batch_assembly=bremen_padded, else 0), mean_reward,
+    mean_reward_x_horizon (mean reward per imagined step x rollout_length), explained_variance
+    and, with labels, the eq. 12 distribution (eq12_*)."""
     t = cfg["trpo"]
     device = policy.log_std.device
     baseline = make_baseline(t["baseline"], policy.obs_dim, t, normalize=policy.normalize).to(device)
@@ -88,6 +92,9 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
         return model_reward(env_name, s, a, s2, velocity_from=reward_velocity_from)
     starts = torch.as_tensor(start_states, dtype=torch.float32, device=device)
     n_rollouts = max(1, t["transitions_per_iteration"] // t["rollout_length"])
+    padded = t["batch_assembly"] == "bremen_padded"
+    if padded:
+        n_rollouts = min(n_rollouts, BREMEN_MAX_LANES)
     clip = None if box is None else tuple(torch.as_tensor(b, device=device) for b in box)
     gen_device = generator.device
     history = []
@@ -102,14 +109,16 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
             members, choice = None, member_choice
         rollout = imagine(dynamics, policy_sample, starts, n_rollouts, t["rollout_length"], env_name, generator,
                           member_choice=choice, members=members, label_fn=label_fn, clip_obs=clip,
-                          restart=t["restart_terminated"], engine=t["rollout_engine"], reward_fn=reward_fn)
+                          restart=t["restart_terminated"], engine=t["rollout_engine"], reward_fn=reward_fn,
+                          batch_size=t["transitions_per_iteration"] if padded else None)
         weights = rollout["labels"] if label_fn is not None else None
         stats = policy_update(policy, baseline, rollout, weights, gamma=cfg["gamma"], lam=t["gae_lambda"],
                               normalize_advantages=t["normalize_advantages"], delta=t["delta"],
                               cg_iters=t["cg_iters"], cg_damping=t["cg_damping"],
                               line_search_steps=t["line_search_steps"], line_search_decay=t["line_search_decay"],
                               line_search=t["line_search"], bootstrap_cutoff=t["bootstrap_cutoff"],
-                              fvp_subsample=t["fvp_subsample"], generator=generator)
+                              fvp_subsample=t["fvp_subsample"], generator=generator,
+                              batch_assembly=t["batch_assembly"], batch_size=t["transitions_per_iteration"])
         history.append(stats)
         if scalars is not None:
             scalars.add_many("policy", {
@@ -117,7 +126,8 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
                 "line_search_accepted": float(stats["accepted"]), "line_search_backtracks": stats["backtracks"],
                 "surrogate_improvement": stats["surrogate_after"] - stats["surrogate_before"],
                 "expected_improvement": stats["expected_improvement"], "policy_std": stats["policy_std"],
-                "live_samples": stats["n_samples"], "mean_reward": stats["mean_reward"],
+                "live_samples": stats["n_samples"], "padding_share": stats["padding_share"],
+                "mean_reward": stats["mean_reward"],
                 "mean_reward_x_horizon": stats["mean_reward"] * t["rollout_length"],
                 "explained_variance": stats["explained_variance"]}, step=iteration)
             if rollout.get("labels") is not None:

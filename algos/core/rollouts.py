@@ -5,7 +5,8 @@ Every random number of a rollout (start states, policy noise, members, restart s
 from the generator before the loop, so one step is a pure function of the state and that
 step's draws: no host sync, no data-dependent Python branch (`make_step`). The loop runs it
 eagerly, compiled (torch.compile) or, on CUDA, captured once and replayed as a CUDA graph
-(`ROLLOUT_ENGINES`, config `trpo.rollout_engine`)."""
+(`ROLLOUT_ENGINES`, config `trpo.rollout_engine`). BREMEN's sampler (`imagine(batch_size=...)`)
+runs until enough paths are complete: one host read per chunk of steps, none per step."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -16,6 +17,9 @@ from algos.config import ROLLOUT_ENGINES
 from envs import model_side
 
 MEMBER_CHOICES = ("per_step", "per_rollout", "per_transition")
+# imagine(batch_size=...): after the first chunk (the earliest step the batch can be full), the
+# lanes run in chunks of ceil(horizon / this) steps, one host read each; the numbers do not depend on it
+CHUNKS_PER_HORIZON = 8
 
 
 def gaussian_sampler(policy, std: float | None = None) -> Callable:
@@ -30,7 +34,7 @@ def gaussian_sampler(policy, std: float | None = None) -> Callable:
 
 def make_step(dynamics, policy_sample: Callable, start_states: torch.Tensor, candidates: torch.Tensor,
               member_choice: str, restart: bool, reward_fn: Callable, termination_fn: Callable,
-              clip_obs: tuple[torch.Tensor, torch.Tensor] | None) -> Callable:
+              clip_obs: tuple[torch.Tensor, torch.Tensor] | None, max_path_length: int | None = None) -> Callable:
     """One imagined step for all lanes, a pure function of tensors:
 
         step(state, noise [N, act_dim], draw, restart_idx [N]) -> (record, new_state)
@@ -38,7 +42,9 @@ def make_step(dynamics, policy_sample: Callable, start_states: torch.Tensor, can
     state: obs [N, obs_dim], timestep [N] long, member [N] long (the lane's member, per_rollout),
     alive [N] float. draw: the step's index into `candidates`, [] for per_step (one member for
     all lanes), [N] otherwise (per_transition: this step's member; per_rollout: the member of a
-    lane that restarts). record: the [N] slices of imagine's outputs at this step."""
+    lane that restarts). record: the [N] slices of imagine's outputs at this step.
+    max_path_length (restart only): a lane whose path reaches this many steps restarts too
+    (BREMEN's VecSimpleEnv, envs/neural_env.py:119)."""
     def step(state: dict, noise: torch.Tensor, draw: torch.Tensor, restart_idx: torch.Tensor):
         obs, alive = state["obs"], state["alive"]
         act = policy_sample(obs, noise)
@@ -61,9 +67,10 @@ def make_step(dynamics, policy_sample: Callable, start_states: torch.Tensor, can
         record = {"obs": obs, "act": act, "rew": rew, "next_obs": next_obs, "terminated": terminated,
                   "timestep": state["timestep"], "member": member, "alive": alive}
         if restart:  # BREMEN's sampler: a finished path restarts from a fresh start state
-            new_state = {"obs": torch.where(terminated[:, None], start_states[restart_idx], next_obs),
-                         "timestep": torch.where(terminated, 0, state["timestep"] + 1),
-                         "member": (torch.where(terminated, candidates[draw], state["member"])
+            ended = terminated if max_path_length is None else terminated | (state["timestep"] >= max_path_length - 1)
+            new_state = {"obs": torch.where(ended[:, None], start_states[restart_idx], next_obs),
+                         "timestep": torch.where(ended, 0, state["timestep"] + 1),
+                         "member": (torch.where(ended, candidates[draw], state["member"])
                                     if member_choice == "per_rollout" else state["member"]),
                          "alive": alive}
         else:
@@ -125,13 +132,36 @@ def resolve_engine(engine: str, device: torch.device) -> str:
     return engine
 
 
+def _run_until_batch(engine: str, step: Callable, state: dict, draws: dict, out: dict, horizon: int,
+                     batch_size: int) -> int:
+    """BREMEN's stop rule (libs/samplers/vectorized_sampler.py:53,85-94): step every lane until
+    the paths completed so far hold >= batch_size steps, tested after each step, so every path
+    completing in that step counts. A path ends at a termination or at `horizon` steps. Here
+    the steps run in chunks (`_run` on views of the draws and outputs), the test is read once per
+    chunk; returns the number of steps up to the one that filled the batch."""
+    total, n_lanes = out["timestep"].shape
+    done, chunk = 0, -(-batch_size // n_lanes)  # the batch cannot be full before this step
+    while True:
+        end = min(done + chunk, total)
+        _run(engine, step, state, {k: v[done:end] for k, v in draws.items()},
+             {k: v[done:end] for k, v in out.items()}, end - done)
+        ends = out["terminated"][:end] | (out["timestep"][:end] == horizon - 1)
+        completed = torch.where(ends, out["timestep"][:end] + 1, 0).sum(1).cumsum(0)
+        short = int((completed < batch_size).sum())  # the chunk's one host read
+        if short < end:
+            return short + 1
+        if end == total:
+            raise RuntimeError(f"{total} steps completed only {int(completed[-1])} < {batch_size} samples")
+        done, chunk = end, -(-horizon // CHUNKS_PER_HORIZON)
+
+
 @torch.no_grad()
 def imagine(dynamics, policy_sample: Callable, start_states: torch.Tensor, n_rollouts: int, horizon: int,
             env_name: str, generator: torch.Generator | None, *, member_choice: str,
             members: Sequence[int] | torch.Tensor | None = None, clip_obs: tuple | None = None,
             label_fn: Callable | None = None, reward_fn: Callable | None = None,
             termination_fn: Callable | None = None, restart: bool = True,
-            engine: str = "auto") -> dict[str, torch.Tensor]:
+            engine: str = "auto", batch_size: int | None = None) -> dict[str, torch.Tensor]:
     """Roll `policy_sample` out in `dynamics`: n_rollouts lanes, `horizon` steps each.
 
     - start_states [S, obs_dim]: the pool on the device; each lane starts from a state drawn
@@ -155,6 +185,12 @@ def imagine(dynamics, policy_sample: Callable, start_states: torch.Tensor, n_rol
     - label_fn(flat_obs, flat_act_clipped) -> [T*N]: U-hat of each imagined transition (eq. 12),
       called once after the loop on all T x N transitions.
     - engine: ROLLOUT_ENGINES, see `resolve_engine`; all give the same numbers up to float rounding.
+    - batch_size (needs restart=True): BREMEN's sampler instead of exactly `horizon` steps: a
+      path also ends when it reaches `horizon` steps (the lane restarts), and the lanes run on
+      until the paths completed so far hold >= batch_size steps (`_run_until_batch`). Draws are
+      made for ceil(batch_size / n_rollouts) + horizon - 1 steps, enough in every case (a lane's
+      unfinished path is < horizon steps); the outputs are cut to the steps run, and
+      `path_end` [T, N] (bool: terminated or cut at `horizon`) is added.
 
     Returns [T, N] tensors on start_states's device: obs, act (unclipped sample), rew, next_obs,
     terminated (bool: the path ended by termination at this step), timestep (long: steps since
@@ -167,6 +203,8 @@ def imagine(dynamics, policy_sample: Callable, start_states: torch.Tensor, n_rol
         raise ValueError(f"start_states must be a non-empty pool [S, obs_dim], got shape {tuple(start_states.shape)}")
     if n_rollouts < 1 or horizon < 1:
         raise ValueError(f"n_rollouts and horizon must be >= 1, got {n_rollouts} and {horizon}")
+    if batch_size is not None and (not restart or batch_size < 1):
+        raise ValueError(f"imagine(batch_size={batch_size}) needs restart=True and batch_size >= 1 (BREMEN's sampler)")
     device = start_states.device
     engine = resolve_engine(engine, device)
     reward_fn = reward_fn or (lambda s, a, s2: model_side.model_reward(env_name, s, a, s2))
@@ -178,6 +216,8 @@ def imagine(dynamics, policy_sample: Callable, start_states: torch.Tensor, n_rol
     # Every draw of the rollout, on the generator's device, moved to the device once.
     gen_device = generator.device if generator is not None else torch.device("cpu")
     T, N, S, K = horizon, n_rollouts, start_states.shape[0], len(candidates)
+    if batch_size is not None:  # the most steps BREMEN's sampler can need
+        T = -(-batch_size // N) + horizon - 1
 
     def uniform(n: int, *size: int) -> torch.Tensor:
         return torch.randint(n, size, generator=generator, device=gen_device).to(device)
@@ -196,8 +236,13 @@ def imagine(dynamics, policy_sample: Callable, start_states: torch.Tensor, n_rol
            "timestep": torch.empty(T, N, dtype=torch.long, device=device),
            "member": torch.empty(T, N, dtype=torch.long, device=device), "alive": start_states.new_empty(T, N)}
     step = make_step(dynamics, policy_sample, start_states, candidates, member_choice, restart,
-                     reward_fn, termination_fn, clip_obs)
-    _run(engine, step, state, draws, out, T)
+                     reward_fn, termination_fn, clip_obs, max_path_length=None if batch_size is None else horizon)
+    if batch_size is None:
+        _run(engine, step, state, draws, out, T)
+    else:
+        T = _run_until_batch(engine, step, state, draws, out, horizon, batch_size)
+        out = {key: value[:T] for key, value in out.items()}
+        out["path_end"] = out["terminated"] | (out["timestep"] == horizon - 1)
     if label_fn is not None:  # the labels do not steer the rollout: one call on all T x N samples
         flat_obs = out["obs"].reshape(T * N, -1)
         flat_act = out["act"].clamp(-1.0, 1.0).reshape(T * N, -1)

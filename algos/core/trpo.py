@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from algos.config import LINE_SEARCHES
+from algos.config import BATCH_ASSEMBLIES, LINE_SEARCHES
 from algos.core.policy import MIN_OBS_STD, GaussianPolicy, PolicyLinearization, gaussian_kl, gaussian_log_prob
 
 # BREMEN's linear baseline (model/baselines.py:9-33, rllab's LinearFeatureBaseline with BREMEN's
@@ -434,18 +434,56 @@ def trpo_step(policy: GaussianPolicy, obs, act, advantages, weights=None, *, del
 
 
 # ---------------------------------------------------------------- one TRPO iteration
+def bremen_padded_rows(path_end: torch.Tensor, timesteps: torch.Tensor, batch_size: int) -> dict:
+    """BREMEN's TRPO batch from the [T, N] output of `imagine(batch_size=...)` (path_end,
+    timestep):
+    - the collected paths: every path that ended in the T steps, in completion order (step by
+      step, lanes in index order: libs/samplers/vectorized_sampler.py:69-94); `collected` [T, N]
+      marks their steps (those with an end at or after them in their lane);
+    - each path zero-padded to the longest, the [paths x longest] rows flattened and the first
+      batch_size kept (vectorized_sampler.py:132-149, algos/trpo.py:167-179): row i is step
+      j = i mod longest of path i // longest, real where j < that path's length.
+    Returns collected, t and n [batch_size] (the step and lane of each row; t = 0 on padding)
+    and real [batch_size] (bool). Two host reads: the path count and the longest path."""
+    collected = path_end.flip(0).cumsum(0).flip(0) > 0
+    ends = torch.nonzero(path_end)                      # [P, 2] (step, lane), row-major: completion order
+    lengths = timesteps[ends[:, 0], ends[:, 1]] + 1
+    longest, total = torch.stack([lengths.max(), lengths.sum()]).tolist() if len(ends) else (0, 0)
+    if total < batch_size:
+        raise ValueError(f"the completed paths hold {total} steps, fewer than batch_size={batch_size}; "
+                         f"roll out with imagine(batch_size={batch_size})")
+    row = torch.arange(batch_size, device=path_end.device)
+    path, j = row // longest, row % longest
+    real = j < lengths[path]
+    return dict(collected=collected, t=torch.where(real, ends[path, 0] - lengths[path] + 1 + j, 0),
+                n=ends[path, 1], real=real)
+
+
 def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, weights=None, *, gamma: float,
                   lam: float, normalize_advantages: bool, delta: float, cg_iters: int, cg_damping: float,
                   line_search_steps: int, line_search_decay: float = 0.5, line_search: str = "bremen",
                   bootstrap_cutoff: bool = False, fvp_subsample: float = 1.0,
-                  generator: torch.Generator | None = None, fvp_method: str = "gauss_newton") -> dict:
+                  generator: torch.Generator | None = None, fvp_method: str = "gauss_newton",
+                  batch_assembly: str = "full", batch_size: int | None = None) -> dict:
     """One TRPO iteration on imagined rollouts: `rollout` holds [T, N] tensors obs, act, rew,
     next_obs, terminated, alive (optional, default all ones) and timestep (steps since the lane's
     path started; default the step index t); `weights` [T, N] are the U-hat of eq. 12 (None:
-    plain TRPO). Returns host floats (one sync for all of them) and the timings."""
+    plain TRPO). Returns host floats (one sync for all of them) and the timings.
+
+    batch_assembly (BATCH_ASSEMBLIES): "full": every alive [t, n] step is a sample of the update.
+    "bremen_padded": BREMEN's batch of `batch_size` rows from `imagine(batch_size=...)`'s output
+    (its path_end, see `bremen_padded_rows`): GAE per collected path, advantages normalised and
+    the baseline fitted over all their steps, then the padded rows (obs, act, advantage 0) count
+    in the means of the surrogate, the KL and the Fisher-vector products like the real ones."""
+    if batch_assembly not in BATCH_ASSEMBLIES:
+        raise ValueError(f"trpo.batch_assembly must be one of {BATCH_ASSEMBLIES}, got {batch_assembly!r}")
+    padded = batch_assembly == "bremen_padded"
+    if padded and (batch_size is None or "path_end" not in rollout or bootstrap_cutoff):
+        raise ValueError("batch_assembly=bremen_padded needs batch_size, a rollout from imagine(batch_size=...) "
+                         "(its path_end) and bootstrap_cutoff=False")
     t0 = time.perf_counter()
     device = policy.log_std.device
-    keys = ("obs", "act", "rew", "next_obs", "terminated", "alive", "timestep", "timesteps")
+    keys = ("obs", "act", "rew", "next_obs", "terminated", "alive", "timestep", "timesteps", "path_end")
     r = {k: torch.as_tensor(rollout[k], device=device) for k in keys if k in rollout}
     obs, act, rew = r["obs"].float(), r["act"].float(), r["rew"].float()
     T, N = rew.shape
@@ -453,8 +491,12 @@ def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, we
     timesteps = r.get("timestep", r.get("timesteps"))
     if timesteps is None:
         timesteps = torch.arange(T, device=device).unsqueeze(1).expand(T, N)
-    keep = alive > 0 if alive is not None else None
-    all_alive = keep is None or bool(keep.all())
+    if padded:  # the steps of the collected paths
+        rows = bremen_padded_rows(r["path_end"], timesteps, batch_size)
+        keep, all_alive = rows["collected"], False
+    else:
+        keep = alive > 0 if alive is not None else None
+        all_alive = keep is None or bool(keep.all())
 
     def alive_steps(x):  # [T, N, ...] -> [n_alive, ...]; a plain reshape when every step is alive
         return x.reshape(T * N, *x.shape[2:]) if all_alive else x[keep]
@@ -462,32 +504,46 @@ def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, we
     with torch.no_grad():
         values = baseline.predict(obs, timesteps)
         last_values = baseline.predict(r["next_obs"][-1].float(), timesteps[-1] + 1) if bootstrap_cutoff else None
-        adv, returns = gae(rew, values, r["terminated"], gamma, lam, last_values=last_values,
-                           alive=None if all_alive else alive)
+        ends = r["path_end"] if padded else r["terminated"]
+        adv, returns = gae(rew, values, ends, gamma, lam, last_values=last_values, alive=None if all_alive else alive)
     adv_alive = alive_steps(adv)
     _check_finite("imagined rollout (obs, act or reward of an alive step) or advantages",
                   alive_steps(obs), alive_steps(act), alive_steps(rew), adv_alive)
     if normalize_advantages:
-        adv_alive = (adv_alive - adv_alive.mean()) / (adv_alive.std(unbiased=False) + ADV_EPS)
-    w = None if weights is None else alive_steps(torch.as_tensor(weights, device=device).float())
+        adv_mean, adv_scale = adv_alive.mean(), adv_alive.std(unbiased=False) + ADV_EPS
+        adv_alive = (adv_alive - adv_mean) / adv_scale
+    if padded:  # BREMEN's rows: real ones gathered from [T, N], padded ones 0 (obs, act, advantage)
+        real, gather = rows["real"], (lambda x: x[rows["t"], rows["n"]])
+        batch_obs = torch.where(real[:, None], gather(obs), 0.0)
+        batch_act = torch.where(real[:, None], gather(act), 0.0)
+        batch_adv = torch.where(real, gather((adv - adv_mean) / adv_scale if normalize_advantages else adv), 0.0)
+        # eq. 12 weights: a real row keeps its label; a padded row gets the label at t = 0 of its
+        # lane, which does not matter: its advantage is 0, so its surrogate term and gradient are 0
+        w = None if weights is None else gather(torch.as_tensor(weights, device=device).float())
+    else:
+        batch_obs, batch_act, batch_adv = alive_steps(obs), alive_steps(act), adv_alive
+        w = None if weights is None else alive_steps(torch.as_tensor(weights, device=device).float())
     t1 = time.perf_counter()
 
-    stats = trpo_step(policy, alive_steps(obs), alive_steps(act), adv_alive, w, delta=delta, cg_iters=cg_iters,
+    stats = trpo_step(policy, batch_obs, batch_act, batch_adv, w, delta=delta, cg_iters=cg_iters,
                       cg_damping=cg_damping, line_search_steps=line_search_steps,
                       line_search_decay=line_search_decay, line_search_rule=line_search,
                       fvp_subsample=fvp_subsample, generator=generator, fvp_method=fvp_method)
     t2 = time.perf_counter()
     ret_alive, val_alive = alive_steps(returns), alive_steps(values)
     explained_variance = 1.0 - (ret_alive - val_alive).var() / ret_alive.var().clamp_min(1e-12)
-    baseline.fit(obs, timesteps, returns, None if all_alive else alive, generator=generator)
+    baseline.fit(obs, timesteps, returns, None if all_alive else keep, generator=generator)  # padded: in time order
     t3 = time.perf_counter()
     rew_alive = alive_steps(rew)
     device_stats = dict(kl=stats["kl"], surrogate_before=stats["surrogate_before"],
                         surrogate_after=stats["surrogate_after"], expected_improvement=stats["expected_improvement"],
                         policy_std=stats["policy_std"], mean_reward=rew_alive.mean(),
-                        mean_weight=torch.ones(()) if w is None else w.mean(),
+                        mean_weight=(torch.ones(()) if w is None else (w * real).sum() / real.sum() if padded
+                                     else w.mean()),
                         explained_variance=explained_variance,
-                        n_samples=torch.tensor(float(rew_alive.numel())) if all_alive else keep.sum())
+                        n_samples=(real.sum() if padded else torch.tensor(float(rew_alive.numel())) if all_alive
+                                   else keep.sum()),
+                        padding_share=(~real).sum().double() / batch_size if padded else torch.zeros(()))
     names = list(device_stats)
     host = torch.stack([v.detach().to(device=device, dtype=torch.float64) for v in device_stats.values()]).tolist()
     stats.update(dict(zip(names, host)))
