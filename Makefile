@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup figures test bench clean-smoke
+.PHONY: setup figures test bench calibrate clean-smoke
 
 setup: $(STAMP)
 
@@ -22,6 +22,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench
+
+# issue 20: the project's TRPO and SAC beside sb3-contrib's TRPO and Stable-Baselines3's SAC
+# (bench/calibration.json, paper_figures/calibration.pdf; hours of CPU, see the README)
+calibrate: $(STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[calibrate]'
+	$(VENV)/bin/python bench/calibrate.py --jobs 2
 
 clean-smoke:
 	rm -rf results/smoke

@@ -8,6 +8,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_TOOLS = ("snakemake", "snakemake-executor-plugin-slurm", "pytest", "pytest-timeout", "py-spy")
+PEERS = ("stable-baselines3", "sb3-contrib")  # the calibrate extra: bench/calibrate.py's trusted implementations
 
 
 def project():
@@ -21,7 +22,8 @@ def names(pins):
 def test_every_dependency_is_pinned_and_torch_is_the_cpu_build_on_disk():
     extras = project()["optional-dependencies"]
     own = {d for d in extras["dev"] if d.startswith(project()["name"] + "[")}
-    assert own == {"musbo-repro[track]"} and extras["track"]   # the tests cover --track tensorboard
+    # the tests cover --track tensorboard and the calibration harness
+    assert own == {"musbo-repro[track]", "musbo-repro[calibrate]"} and extras["track"] and extras["calibrate"]
     deps = project()["dependencies"] + [d for group in extras.values() for d in group if d not in own]
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.]*", d) for d in deps), deps
     assert "torch==2.13.0" in deps
@@ -35,11 +37,19 @@ def test_developer_tools_are_an_extra_not_a_runtime_dependency():
     assert "'.[dev]'" in (ROOT / "Makefile").read_text()  # make setup installs them
 
 
+def test_the_calibration_peers_are_an_extra_that_make_calibrate_installs():
+    assert names(project()["optional-dependencies"]["calibrate"]) == set(PEERS)
+    assert not names(project()["dependencies"]) & set(PEERS)
+    makefile = (ROOT / "Makefile").read_text()
+    target = re.search(r"^calibrate:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert target and "'.[calibrate]'" in target.group(1) and "bench/calibrate.py" in target.group(1)
+
+
 def test_environment_yml_installs_the_runtime_pins_and_nothing_else():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(pip_section) == sorted(project()["dependencies"])
-    assert not names(pip_section) & set(DEV_TOOLS)
+    assert not names(pip_section) & set(DEV_TOOLS + PEERS)
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     assert python.split("=")[1] in project()["requires-python"]
 
