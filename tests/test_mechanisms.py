@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from algos.core.bc import random_action_loss
 from analysis import claims, mechanisms
@@ -149,3 +150,26 @@ def test_musbo_vs_baseline_verdicts_carry_a_note_where_a_mechanism_was_inactive(
     csv = pd.read_csv(tmp_path / "mechanisms.csv")
     assert list(csv.columns) == mechanisms.COLUMNS and len(csv) == 2
     assert "eq. 13 weighting inactive" in pd.read_csv(tmp_path / "claims.csv").set_index("id").loc["C4c", "note"]
+
+
+def test_train_in_model_records_the_share_of_eq12_labels_at_each_bound():
+    """What the eq. 12 rule reads: policy/eq12_share_at_0 and _at_1 per TRPO iteration."""
+    from algos.config import resolve_run_config
+    from algos.core.ensemble import DynamicsEnsemble
+    from algos.core.model_trpo import make_policy, train_in_model
+    from algos.core.scalars import Scalars
+
+    cfg = resolve_run_config("smoke", "musbo", "halfcheetah", "500k", 0,
+                             ["trpo.iterations=2", "trpo.rollout_length=10", "trpo.transitions_per_iteration=80"])
+    torch.manual_seed(0)
+    dynamics = DynamicsEnsemble(17, 6, members=2, hidden=(16,))
+    policy = make_policy(cfg, 17, 6, torch.device("cpu"))
+    starts = np.random.default_rng(0).standard_normal((20, 17)).astype(np.float32)
+    scalars = Scalars()
+
+    def labels(s, a):  # a quarter at 1 (within 0.01), a quarter at 0, the rest in between
+        return torch.tensor([0.995, 0.003, 0.5, 0.7], dtype=s.dtype).repeat(len(s) // 4)
+    train_in_model(policy, dynamics, starts, None, cfg, "per_step", torch.Generator().manual_seed(0), labels,
+                   scalars=scalars)
+    for bound in (0, 1):
+        assert [r["value"] for r in scalars.rows if r["name"] == f"eq12_share_at_{bound}"] == [0.25, 0.25]

@@ -81,7 +81,7 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
     the batch), live_samples (real rows of the update), padding_share (its padded rows /
     transitions_per_iteration under trpo.batch_assembly=bremen_padded, else 0), mean_reward,
     mean_reward_x_horizon (mean reward per imagined step x rollout_length), explained_variance
-    and, with labels, the eq. 12 distribution (eq12_*)."""
+    and, with labels, the eq. 12 distribution (eq12_*, with the shares within 0.01 of 0 and of 1)."""
     t = cfg["trpo"]
     device = policy.log_std.device
     baseline = make_baseline(t["baseline"], policy.obs_dim, t, normalize=policy.normalize).to(device)
@@ -131,7 +131,8 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
                 "mean_reward_x_horizon": stats["mean_reward"] * t["rollout_length"],
                 "explained_variance": stats["explained_variance"]}, step=iteration)
             if rollout.get("labels") is not None:
-                scalars.distribution("policy", "eq12", rollout["labels"].detach().cpu().numpy(), iteration)
+                scalars.distribution("policy", "eq12", rollout["labels"].detach().cpu().numpy(), iteration,
+                                     bounds=(0, 1))  # the shares at 0 and 1: analysis/mechanisms.py's rule
         bar.set_postfix(reward=f"{stats['mean_reward']:.3f}", kl=f"{stats['kl']:.4f}")
     summary = {"iterations": len(history), "seconds": time.perf_counter() - t0,
                "accepted": sum(bool(h["accepted"]) for h in history),
