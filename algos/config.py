@@ -66,6 +66,7 @@ CHOICES = {
     "musbo.label_reading": ("max_error", "max_label"),
     "musbo.eq9_distance": ("raw", "std_sum", "std_mean"),
     "musbo.eq12_distance": ("raw", "std_sum", "std_mean"),
+    "musbo.eq12_alpha": ("paper", "calibrated"),
     "musbo.eq22_reading": ("sigma", "variance"),
     "musbo.exploration_noise": ("eq22", "one_minus_u", "none"),
     "mopo.penalty": ("max_std_norm", "frobenius"),
@@ -281,6 +282,12 @@ def _finish(tree: dict, profile: str, algo: str, env: str, budget: str, seed: in
     if t["batch_assembly"] == "bremen_padded" and (not t["restart_terminated"] or t["bootstrap_cutoff"]):
         raise ConfigError(f"{where}trpo.batch_assembly=bremen_padded needs trpo.restart_terminated=true and "
                           f"trpo.bootstrap_cutoff=false (BREMEN's sampler); set them or use trpo.batch_assembly=full")
+    m = cfg["musbo"]
+    if algo == "musbo" and m["eq12_alpha"] == "calibrated" and not m["uncertainty_weighting"] \
+            and m["exploration_noise"] != "none":
+        raise ConfigError(f"{where}musbo.eq12_alpha=calibrated sets alpha from TRPO's eq. 12 labels, which "
+                          f"musbo.uncertainty_weighting=false never computes, yet eq. 22's noise needs it; use "
+                          f"musbo.eq12_alpha=paper (or musbo.exploration_noise=none)")
     if budget not in cfg["budget_samples"]:
         raise ConfigError(f"{where}budget_samples has no entry {budget!r}; add budget_samples.{budget}")
     batch_size = cfg["budget_samples"][budget] // cfg["deployments"]

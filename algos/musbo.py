@@ -6,6 +6,8 @@ Equations are those of ../shared/spec/MUSBO.md; config keys are in config/paper.
 .musbo and friends); docs/paper_to_code.md maps each to this file."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -26,6 +28,9 @@ class MUSBO:
         self.labeler = make_ensemble(cfg["labeler"], obs_dim, act_dim, device, probabilistic=True)     # P-hat-phi
         self.policy = make_policy(cfg, obs_dim, act_dim, device)
         self.labeler_ready = False  # no labeler before B(1) has been seen
+        # alpha of eq. 12: the paper's (musbo.alpha), or None until TRPO's first imagined batch of
+        # the deployment calibrates it (musbo.eq12_alpha=calibrated; see imagined_labels)
+        self.eq12_alpha = self.m["alpha"] if self.m["eq12_alpha"] == "paper" else None
         self.scalars = Scalars()  # diagnostics; the run hands in a file-backed one
         self._explorer = None     # the eq. 22 policy of the current collection (its noise is recorded)
 
@@ -77,7 +82,10 @@ class MUSBO:
         """Eq. 12: U(s, a) = exp(-alpha d(mu_k(s, a), mu_l(s, a))), k != l drawn per sample, d =
         `musbo.eq12_distance`. All K members in one batched call, then the pair gathered: at TRPO's
         50-200 rows per step it was as fast or faster than computing two members per sample
-        (bench/label_readings.py --eq12-timing; docs/paper_to_code.md)."""
+        (bench/label_readings.py --eq12-timing; docs/paper_to_code.md).
+        alpha: `musbo.alpha` (musbo.eq12_alpha=paper), or, when `self.eq12_alpha` is None
+        (calibrated, first call of a deployment), ln 2 / the median distance of this batch, so its
+        median label is 0.5; kept for the rest of the deployment and recorded (policy/eq12_alpha)."""
         mu = self.labeler.predict(obs, act).next_obs                                       # [K, N, d]
         K, N = mu.shape[0], mu.shape[1]
         gen_device = generator.device
@@ -85,7 +93,11 @@ class MUSBO:
         l = (k + torch.randint(1, K, (N,), generator=generator, device=gen_device)) % K   # l != k
         rows = torch.arange(N, device=mu.device)
         diff = mu[k.to(mu.device), rows] - mu[l.to(mu.device), rows]
-        return torch.exp(-self.m["alpha"] * self.eq12_distance(diff))
+        distance = self.eq12_distance(diff)
+        if self.eq12_alpha is None:
+            self.eq12_alpha = calibrated_alpha(distance)
+            self.scalars.add("policy", "eq12_alpha", self.eq12_alpha)
+        return torch.exp(-self.eq12_alpha * distance)
 
     # ------------------------------------------------------------------ one deployment
     def train(self, dataset, deployment: int, timer) -> None:
@@ -117,6 +129,8 @@ class MUSBO:
             clone_policy(self.policy, train, cfg, gen, all_obs=data["obs"], weighted=weighted, holdout=holdout,
                          early_stopping=True, scalars=self.scalars)
         _, gen = rngs(seed, "trpo", deployment, device=self.device)
+        if self.m["eq12_alpha"] == "calibrated":
+            self.eq12_alpha = None  # set by the first imagined batch of this deployment's TRPO
         with timer("policy"):
             # Eqs. 12-13: TRPO on imagined rollouts, each sample's advantage weighted by eq. 12.
             label_fn = (lambda s, a: self.imagined_labels(s, a, gen)) if weighted else None
@@ -146,13 +160,15 @@ class MUSBO:
 
     def state_dict(self) -> dict:
         return {"dynamics": self.dynamics.state_dict(), "labeler": self.labeler.state_dict(),
-                "policy": self.policy.state_dict(), "labeler_ready": self.labeler_ready}
+                "policy": self.policy.state_dict(), "labeler_ready": self.labeler_ready,
+                "eq12_alpha": self.eq12_alpha}
 
     def load_state_dict(self, state: dict) -> None:
         self.dynamics.load_state_dict(state["dynamics"])
         self.labeler.load_state_dict(state["labeler"])
         self.policy.load_state_dict(state["policy"])
         self.labeler_ready = bool(state["labeler_ready"])
+        self.eq12_alpha = state.get("eq12_alpha", self.eq12_alpha)  # absent in checkpoints before the key
 
 
 class ExplorationPolicy:
@@ -171,7 +187,7 @@ class ExplorationPolicy:
     def __init__(self, algo: MUSBO, seed: int):
         self.mode, self.act_dim = algo.m["exploration_noise"], algo.act_dim
         self.reading = algo.m["eq22_reading"]
-        self.sigma_c, self.alpha = algo.m["exploration_const_std"], algo.m["alpha"]
+        self.sigma_c, self.alpha = algo.m["exploration_const_std"], algo.eq12_alpha  # the last TRPO's alpha
         self.mean = algo.policy.numpy_policy("deterministic", clip=False)
         self.labeler_means = algo.labeler.numpy_next_obs_means()
         self.members = algo.labeler.members
@@ -214,6 +230,17 @@ class ExplorationPolicy:
         the share of action entries outside [-1, 1]."""
         return {"eq22_noise_std_mean": self.noise_std_sum / max(self.states, 1),
                 "eq22_clipped_share": self.clipped / max(self.actions, 1)}
+
+
+def calibrated_alpha(distance: torch.Tensor) -> float:
+    """alpha = ln 2 / median distance: the median of exp(-alpha d) is then 0.5. The paper's 0.028
+    presumes units of d that it never states (musbo.eq12_alpha=calibrated)."""
+    median = float(distance.median())
+    if not 0.0 < median < math.inf:
+        raise RuntimeError(f"eq. 12 calibration: the median distance of the first imagined batch is {median}, so no "
+                           "alpha gives a median label of 0.5 (the labeler's members agree exactly); run with "
+                           "musbo.eq12_alpha=paper")
+    return math.log(2.0) / median
 
 
 def label_distance(diff, reading: str, inv_std=None):

@@ -1,4 +1,6 @@
 """MUSBO's own equations (eqs. 9, 11, 12, 13, 22) on hand-checkable inputs."""
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,83 @@ def test_eq12_distance_readings(reading, distance):
     unit_std_but_dim0(algo, 2.0)
     labels = algo.imagined_labels(torch.zeros(10, OBS), torch.zeros(10, ACT), torch.Generator().manual_seed(0))
     np.testing.assert_allclose(labels.numpy(), np.exp(-0.028 * distance), rtol=1e-6)
+
+
+def spread_labeler(algo):
+    """Members whose disagreement grows with |s_0|: distances spread over orders of magnitude."""
+    def predict(obs, act, member=None):
+        obs = torch.as_tensor(obs, dtype=torch.float32)
+        mu = obs.expand(3, -1, -1).clone()
+        mu[:, :, 0] += torch.tensor([0.0, 1.0, 2.5])[:, None] * obs[:, 1].abs()
+        return Prediction(mu, None, None)
+    algo.labeler.predict = predict
+    algo.labeler_ready = True
+    algo.labeler.target_norm.std.fill_(1.0)
+
+
+def test_eq12_alpha_calibrated_gives_the_first_batch_median_label_one_half_then_stays():
+    algo = make("musbo.eq12_alpha=calibrated")
+    spread_labeler(algo)
+    first = torch.randn(4001, OBS, generator=torch.Generator().manual_seed(1)) * 3
+    gen = torch.Generator().manual_seed(0)
+    labels = algo.imagined_labels(first, torch.zeros(len(first), ACT), gen)
+    assert float(labels.median()) == pytest.approx(0.5, abs=1e-6)                      # 4001 rows: one middle
+    alpha = algo.eq12_alpha
+    assert alpha != pytest.approx(0.028) and alpha > 0
+    recorded = [r for r in algo.scalars.rows if r["name"] == "eq12_alpha"]
+    assert [(r["phase"], r["step"], r["value"]) for r in recorded] == [("policy", 0, alpha)]
+    # later batches of the deployment (other states, wider disagreement) keep alpha: median != 0.5
+    later = algo.imagined_labels(first * 4, torch.zeros(len(first), ACT), gen)
+    assert algo.eq12_alpha == alpha and float(later.median()) < 0.3
+    assert len([r for r in algo.scalars.rows if r["name"] == "eq12_alpha"]) == 1
+    # the exploration of eq. 22 uses the deployment's alpha, and it survives a checkpoint
+    assert algo.collection_policy(2).alpha == alpha
+    buffer = io.BytesIO()
+    torch.save(algo.state_dict(), buffer)
+    restored = make("musbo.eq12_alpha=calibrated")
+    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))  # as algos/rundir.py
+    assert restored.eq12_alpha == alpha
+
+
+def test_eq12_alpha_is_recalibrated_at_each_deployments_trpo_and_paper_keeps_0_028(monkeypatch):
+    algo = make("musbo.eq12_alpha=calibrated")
+    dataset = small_dataset(algo)
+    alphas = []
+
+    def fake_trpo(*args, **kwargs):  # two imagined batches per TRPO, the first sets alpha
+        label_fn = args[-1]
+        for scale in (1.0, 5.0):
+            label_fn(torch.randn(501, OBS, generator=torch.Generator().manual_seed(len(alphas))) * scale,
+                     torch.zeros(501, ACT))
+        alphas.append(algo.eq12_alpha)
+    monkeypatch.setattr(musbo_module, "clone_policy", lambda *args, **kwargs: None)
+    monkeypatch.setattr(musbo_module, "train_in_model", fake_trpo)
+    from contextlib import nullcontext
+    for deployment in (1, 2):
+        algo.train(dataset, deployment, lambda phase: nullcontext())
+    assert alphas[0] != alphas[1]                       # one alpha per deployment, from its own first batch
+    assert [r["value"] for r in algo.scalars.rows if r["name"] == "eq12_alpha"] == alphas
+    paper = make()
+    assert paper.m["eq12_alpha"] == "paper" and paper.eq12_alpha == 0.028
+    spread_labeler(paper)
+    paper.imagined_labels(torch.randn(100, OBS), torch.zeros(100, ACT), torch.Generator().manual_seed(0))
+    assert paper.eq12_alpha == 0.028 and not [r for r in paper.scalars.rows if r["name"] == "eq12_alpha"]
+
+
+def test_eq12_alpha_calibration_refuses_a_zero_median_distance():
+    algo = make("musbo.eq12_alpha=calibrated")
+    fake_labeler(algo, [0.0, 0.0, 0.0])               # members agree exactly: no alpha gives 0.5
+    with pytest.raises(RuntimeError, match="median distance of the first imagined batch is 0.0.*musbo.eq12_alpha=paper"):
+        algo.imagined_labels(torch.zeros(10, OBS), torch.zeros(10, ACT), torch.Generator().manual_seed(0))
+
+
+def test_eq12_alpha_calibrated_needs_the_eq12_labels_of_trpo():
+    from algos.config import ConfigError
+    with pytest.raises(ConfigError, match="musbo.eq12_alpha=calibrated sets alpha from TRPO's eq. 12 labels"):
+        make("musbo.eq12_alpha=calibrated", "musbo.uncertainty_weighting=false")
+    make("musbo.eq12_alpha=calibrated", "musbo.uncertainty_weighting=false", "musbo.exploration_noise=none")
+    resolve_run_config("smoke", "bremen", "hopper", "500k", 0,
+                       ["musbo.eq12_alpha=calibrated", "musbo.uncertainty_weighting=false"])  # not MUSBO: unused
 
 
 def test_defaults_are_the_readings_the_rule_picked():
