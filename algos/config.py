@@ -353,6 +353,37 @@ def resolve_run_config(profile: str, algo: str, env: str, budget: str, seed: int
     return _finish(cfg, profile, algo, env, budget, seed)
 
 
+def reading_runs(workflow: dict) -> list[tuple[str, str, str, str]]:
+    """Where each reading of the workflow config (`readings`, `reading_switches`) runs: one
+    (reading, algo, env, name) per algorithm and env, at ablation_budget x ablation_seeds. A
+    reading_switches entry is its list of --set switches (MUSBO on ablation_env) or a mapping
+    {set: [...], algos: [...], envs: [...]} (algos default [musbo], envs [ablation_env]). name: the
+    run's folder under results/<profile>/readings/, the reading for MUSBO and <reading>/<algo> for
+    another algorithm (variant_of reads it back)."""
+    runs = []
+    for reading in workflow["readings"]:
+        entry = workflow["reading_switches"][reading]
+        entry = entry if isinstance(entry, dict) else {}
+        for algo in entry.get("algos", ["musbo"]):
+            for env in entry.get("envs", [workflow["ablation_env"]]):
+                runs.append((reading, algo, env, reading if algo == "musbo" else f"{reading}/{algo}"))
+    return runs
+
+
+def variant_of(workflow: dict, kind: str, name: str) -> tuple[str, list[str]]:
+    """(algo, --set switches) of the run folder results/<profile>/<kind>/<name>/: kind runs (name
+    = the algo), ablations (MUSBO, ablation_switches) or readings (name = reading[/algo])."""
+    if kind == "runs":
+        return name, []
+    switches = workflow.get("ablation_switches" if kind == "ablations" else "reading_switches", {})
+    variant, _, algo = name.partition("/") if kind == "readings" else (name, "", "")
+    if variant not in switches:
+        raise ConfigError(f"{kind}/{name} is no run of the config: {variant!r} has no entry in "
+                          f"{'ablation' if kind == 'ablations' else 'reading'}_switches")
+    entry = switches[variant]
+    return algo or "musbo", list(entry["set"] if isinstance(entry, dict) else entry)
+
+
 def check_run_config(cfg: dict, where: str = "") -> dict:
     """A resolved run config read back from a file (`python -m algos.run --run-config FILE`),
     validated completely again: the same checks as resolve_run_config, and batch_size must be

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from algos.config import reading_runs, variant_of
 from analysis import mechanisms, summaries
 from analysis.figures import env_label, label
 from analysis.metrics import NO_ESTIMATE, Interval
 from analysis.output import fmt_interval, markdown_table, write_csv, write_text
-from analysis.results import SECTION5_BUDGET, Study
+from analysis.results import SECTION5_BUDGET, RunKey, Study
 from analysis.tables import PAPER_TABLE1
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -383,43 +384,97 @@ def time_section(study: Study) -> list[str]:
 
 
 def readings_section(study: Study) -> list[str]:
-    """The verdicts under each reading of eqs. 9, 12 and 22: on the ablation env and budget,
-    MUSBO under the reading against default MUSBO and against each baseline (final return)."""
+    """The verdicts under each reading (eqs. 9, 12, 22; the batch assembly; ...): each reading run
+    against the default run of its algorithm on its env, and MUSBO's against each baseline's default
+    there (final return, ablation budget and seeds); then the Hopper claims C2, C3 under each reading
+    that runs MUSBO and BREMEN on Hopper."""
     from analysis.figures import reading_finals
-    cfg = study.cfg
-    names = list(cfg.get("readings", []))
-    lines = ["", "## Verdicts under each reading of eqs. 9, 12 and 22", ""]
-    if not names:
+    cfg, n_seeds = study.cfg, len(study.ablation_seeds)
+    runs = reading_runs(cfg)
+    lines = ["", "## Verdicts under each reading", ""]
+    if not runs:
         return lines + ["This profile runs no readings (config `readings` is empty).", ""]
-    env, budget = cfg["ablation_env"], cfg["ablation_budget"]
-    ev_returns = summaries.ci_over_seeds(
-        study.metrics[(study.metrics.kind == "runs") & (study.metrics.deployment == study.deployments(env))
-                      & (study.metrics.env == env) & (study.metrics.budget == budget)
-                      & study.metrics.seed.isin(study.ablation_seeds)], ["name"], "eval_return_mean")
     finals = reading_finals(study)
+    base = study.metrics[(study.metrics.kind == "runs") & (study.metrics.budget == cfg["ablation_budget"])
+                         & study.metrics.seed.isin(study.ablation_seeds)]
+    base = base[base.deployment == base.env.map(study.deployments)] if len(base) else base
+    baselines = summaries.ci_over_seeds(base, ["name", "env"], "eval_return_mean")  # every algorithm's defaults
 
-    def get(df, name):
-        r = df[df.name == name]
+    def get(df, name, env):
+        r = df[(df.name == name) & (df.env == env)]
         return NO_ESTIMATE if r.empty else Interval(*r.iloc[0][["mean", "low", "high"]])
 
-    default = get(finals, "musbo")
-    rows = [{"Reading": "defaults", "Switches": "-", "Final return": fmt_interval(default, 0), "vs defaults": "-",
-             **{f"MUSBO > {label(b)}": verdict([compare(default, get(ev_returns, b))], "above",
-                                                len(study.ablation_seeds)) for b in _baselines(study)}}]
-    for name in names:
-        mine = get(finals, name)
-        switches = ", ".join(cfg.get("reading_switches", {}).get(name, [])) or "-"
+    def versus_baselines(mine, algo, env):
+        return {f"MUSBO > {label(b)}": ("-" if algo != "musbo" else "not tested: runs missing"
+                                        if not np.isfinite(mine.point) else
+                                        verdict([compare(mine, get(baselines, b, env))], "above", n_seeds))
+                for b in _baselines(study)}
+
+    rows, shown = [], set()  # grouped by algorithm (MUSBO first) and env (the ablation env first)
+    for reading, algo, env, name in sorted(runs, key=lambda r: (r[1] != "musbo", r[1], r[2] != cfg["ablation_env"], r[2])):
+        if (algo, env) not in shown:
+            shown.add((algo, env))
+            default = get(finals, algo, env)
+            rows.append({"Reading": "defaults", "Algorithm": label(algo), "Env": env_label(env), "Switches": "-",
+                         "Final return": fmt_interval(default, 0), "vs defaults": "-",
+                         **versus_baselines(default, algo, env)})
+        mine, default = get(finals, name, env), get(finals, algo, env)
         o = compare(mine, default)
-        rows.append({"Reading": label(name), "Switches": f"`{switches}`", "Final return": fmt_interval(mine, 0),
+        rows.append({"Reading": label(reading), "Algorithm": label(algo), "Env": env_label(env),
+                     "Switches": f"`{', '.join(variant_of(cfg, 'readings', name)[1])}`",
+                     "Final return": fmt_interval(mine, 0),
                      "vs defaults": {"above": "higher", "below": "lower", "overlap": "overlapping CIs",
                                      None: "no CI"}[o] if np.isfinite(mine.point) else "no runs",
-                     **{f"MUSBO > {label(b)}": (verdict([compare(mine, get(ev_returns, b))], "above",
-                                                        len(study.ablation_seeds))
-                                                if np.isfinite(mine.point) else "not tested: runs missing")
-                        for b in _baselines(study)}})
-    return lines + [f"{env_label(env)}, {budget}, seeds {', '.join(map(str, study.ablation_seeds))}: final "
-                    "eval return [95 % CI]; the baselines' columns apply the claims' rule (CIs must not "
-                    "overlap) to the final return on this env.", "", markdown_table(pd.DataFrame(rows)), ""]
+                     **versus_baselines(mine, algo, env)})
+    lines += [f"{cfg['ablation_budget']}, seeds {', '.join(map(str, study.ablation_seeds))}: final eval return "
+              "[95 % CI] of each reading run and of the default run of its algorithm on its env; the baselines' "
+              "columns (MUSBO's rows) apply the claims' rule (CIs must not overlap) to the final return on that "
+              "env.", "", markdown_table(pd.DataFrame(rows)), ""]
+    return lines + _hopper_claims_under_readings(study, runs, n_seeds)
+
+
+def _hopper_claims_under_readings(study: Study, runs, n_seeds: int) -> list[str]:
+    """C2 (MUSBO's final CI above both baselines') and C3 (no baseline's final CI above its
+    deployment-1 CI) on Hopper at the ablation budget and seeds: with every algorithm's defaults,
+    and under each reading that runs MUSBO and BREMEN there (MOPO, which no TRPO reading
+    touches, keeps its defaults)."""
+    cfg, env, budget = study.cfg, "hopper", study.cfg["ablation_budget"]
+    names = {}
+    for reading, algo, e, name in runs:
+        if e == env:
+            names.setdefault(reading, {})[algo] = name
+    readings = [r for r, by in names.items() if {"musbo", "bremen"} <= set(by)]
+    if not readings or env not in cfg["envs"]:
+        return []
+    keys = [RunKey(kind, n, env, budget, s) for kind, by in [("runs", {a: a for a in study.algos})]
+            + [("readings", names[r]) for r in readings] for n in by.values() for s in study.ablation_seeds]
+    m = study._read_runs([k for k in keys if study.exists(k)], "metrics.csv")
+    ci = summaries.ci_over_seeds(m, ["kind", "name", "deployment"], "eval_return_mean") if len(m) else m
+    last = study.deployments(env)
+
+    def ret(kind, name, d):
+        r = ci[(ci.kind == kind) & (ci.name == name) & (ci.deployment == d)] if len(ci) else ci
+        return NO_ESTIMATE if r.empty else Interval(*r.iloc[0][["mean", "low", "high"]])
+
+    rows = []
+    for reading in [None] + readings:
+        where = {a: ("readings", names[reading][a]) if reading and a in names[reading] else ("runs", a)
+                 for a in study.algos}
+        m_last = ret(*where["musbo"], last) if "musbo" in where else NO_ESTIMATE
+        c2 = [compare(m_last, ret(*where[b], last)) if np.isfinite(m_last.point) and np.isfinite(
+            ret(*where[b], last).point) else None for b in _baselines(study)]
+        c3 = []
+        for b in _baselines(study):
+            o = compare(ret(*where[b], last), ret(*where[b], 1))
+            c3.append(None if o is None else "below" if o in ("below", "overlap") else "above")
+        rows.append({"Runs": "defaults" if reading is None else f"{label(reading)} (MOPO: defaults)",
+                     **{label(a): fmt_interval(ret(*where[a], last), 0) for a in study.algos},
+                     "C2": verdict(c2 if any(o is not None for o in c2) else [], "above", n_seeds),
+                     "C3": verdict(c3 if any(o is not None for o in c3) else [], "below", n_seeds)})
+    return [f"Hopper claims C2 (MUSBO's final CI above both baselines') and C3 (no baseline's final CI above "
+            f"its deployment-1 CI) under each reading that runs MUSBO and BREMEN on Hopper ({budget}, seeds "
+            f"{', '.join(map(str, study.ablation_seeds))}; final eval return [95 % CI]): a verdict that differs "
+            "from the defaults' row changes with that reading.", "", markdown_table(pd.DataFrame(rows)), ""]
 
 
 def claims(study: Study, out: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from analysis import summaries  # noqa: E402
 from analysis.metrics import Interval  # noqa: E402
 from analysis.output import fmt_interval, save_figure, write_csv  # noqa: E402
+from algos.config import reading_runs  # noqa: E402
 from analysis.results import MODEL_EVAL_ALGOS, SECTION5_BUDGET, RunKey, Study  # noqa: E402
 
 # The paper's return figures: (I x B, envs in the paper's column order).
@@ -377,76 +378,89 @@ def diagnostics(study: Study, out: Path) -> list[Path]:
                     write_csv(Path(out) / "data" / "diagnostics_not_recorded.csv", missing_rows)]
 
 
-# ---- beyond the paper: MUSBO under each reading of eqs. 9, 12, 22 ----
+# ---- beyond the paper: runs under each reading (eqs. 9, 12, 22; the batch assembly; ...) ----
 
 def reading_keys(study: Study) -> list[RunKey]:
-    """results/<profile>/readings/<reading>/<ablation_env>/<ablation_budget>/seed<N>/"""
+    """results/<profile>/readings/<reading>[/<algo>]/<env>/<ablation_budget>/seed<N>/: each reading on
+    its algorithms and envs (algos.config.reading_runs; MUSBO on the ablation env by default)."""
     c = study.cfg
-    return [RunKey("readings", r, c["ablation_env"], c["ablation_budget"], s)
-            for r in c.get("readings", []) for s in study.ablation_seeds]
+    return [RunKey("readings", name, env, c["ablation_budget"], s)
+            for _, _, env, name in reading_runs(c) for s in study.ablation_seeds]
+
+
+def reading_reference_keys(study: Study) -> list[RunKey]:
+    """The default run (runs/<algo>/<env>/) of each algorithm and env that a reading runs on, and
+    MUSBO's on the ablation env, at the ablation budget and seeds."""
+    c = study.cfg
+    pairs = dict.fromkeys([("musbo", c["ablation_env"])] + [(a, e) for _, a, e, _ in reading_runs(c)])
+    return [RunKey("runs", a, e, c["ablation_budget"], s) for a, e in pairs for s in study.ablation_seeds]
 
 
 def reading_finals(study: Study) -> pd.DataFrame:
-    """Final eval return per reading and of default MUSBO (name "musbo") on the ablation env and
-    budget, mean over seeds with its CI (rows name/mean/low/high/n)."""
-    c = study.cfg
-    keys = reading_keys(study) + study.ablation_reference_keys()
+    """Final eval return per reading run (name = its folder, e.g. batch_full/bremen) and per default
+    run (name = the algo), per env, at the ablation budget: mean over the ablation seeds with its CI
+    (rows name/env/mean/low/high/n)."""
+    keys = reading_keys(study) + reading_reference_keys(study)
     m = study._read_runs([k for k in keys if study.exists(k)], "metrics.csv")
-    last = m[m.deployment == study.deployments(c["ablation_env"])] if len(m) else m
+    last = m[m.deployment == m.env.map(study.deployments)] if len(m) else m
     if last.empty:
-        return pd.DataFrame(columns=["name"] + summaries.SUMMARY_COLUMNS)
-    return summaries.ci_over_seeds(last, ["name"], "eval_return_mean")
+        return pd.DataFrame(columns=["name", "env"] + summaries.SUMMARY_COLUMNS)
+    return summaries.ci_over_seeds(last, ["name", "env"], "eval_return_mean")
 
 
 def readings(study: Study, out: Path) -> list[Path]:
-    """MUSBO under each reading (config `readings`, switches `reading_switches`) against default
-    MUSBO on the ablation env and budget, in the ablation figure's style, final returns in titles."""
-    cfg, seeds = study.cfg, study.ablation_seeds
-    env, budget, names = cfg["ablation_env"], cfg["ablation_budget"], list(cfg.get("readings", []))
-    ref = summaries.ci_over_seeds(study.curves("runs", ["musbo"], env, budget, seeds), ["name", "deployment"],
-                                  "eval_return_mean")
-    keys = study.ablation_reference_keys() + reading_keys(study)
+    """Each reading run (config `readings`, `reading_switches`) against the default run of its
+    algorithm on its env, at the ablation budget, in the ablation figure's style; final returns
+    in the titles. One panel per reading, algorithm and env."""
+    cfg, seeds, budget = study.cfg, study.ablation_seeds, study.cfg["ablation_budget"]
+    panels = reading_runs(cfg)                                        # (reading, algo, env, name)
+    keys = reading_reference_keys(study) + reading_keys(study)
     missing = study.missing(keys)
     finals = reading_finals(study)
-    styles = _style(["musbo"] + names)
-    n_dep = study.deployments(env)
-    runs = study._read_runs([k for k in reading_keys(study) if study.exists(k)], "metrics.csv")
-    data = [ref]
+    styles = _style(list(dict.fromkeys([a for _, a, _, _ in panels] + ["musbo"] + [n for *_, n in panels])))
+    runs = study._read_runs([k for k in keys if study.exists(k)], "metrics.csv")
+    data = []
 
-    def final(name):
-        r = finals[finals.name == name]
+    def final(name, env):
+        r = finals[(finals.name == name) & (finals.env == env)]
         return "no runs" if r.empty else fmt_interval(Interval(*r.iloc[0][["mean", "low", "high"]]), 0)
 
+    def curve(kind, name, env):
+        sub = runs[(runs.kind == kind) & (runs.name == name) & (runs.env == env)] if len(runs) else runs
+        return summaries.ci_over_seeds(sub, ["name", "env", "deployment"], "eval_return_mean") if len(sub) else sub
+
     with plt.rc_context(RC):
-        n = max(len(names), 1)
+        n = max(len(panels), 1)
         cols = min(n, 4)
         rows = -(-n // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols + 0.4, 3.9 * rows), sharey=True, squeeze=False,
+        fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols + 0.4, 3.9 * rows), squeeze=False,
                                  layout="constrained")
-        for ax, name in zip(axes.flat, names or [None]):
-            if not ref.empty:
-                _band(ax, ref, "deployment", *styles["musbo"], "MUSBO (defaults)")
-            if name is None:
+        for ax, panel in zip(axes.flat, panels or [None]):
+            if panel is None:
                 _empty(ax, "no readings in this profile")
                 continue
-            sub = runs[runs.name == name] if len(runs) else runs
-            s = summaries.ci_over_seeds(sub, ["name", "deployment"], "eval_return_mean") if len(sub) else sub
-            data.append(s)
+            reading, algo, env, name = panel
+            ref, s = curve("runs", algo, env), curve("readings", name, env)
+            data += [d for d in (ref, s) if len(d)]
+            if len(ref):
+                _band(ax, ref, "deployment", *styles[algo], f"{label(algo)} (defaults)")
             if s.empty:
                 _empty(ax, "no completed runs")
             else:
-                _band(ax, s, "deployment", *styles[name], label(name))
-            ax.set_title(f"{label(name)}\nfinal: {final(name)} vs defaults {final('musbo')}", fontsize=9)
+                _band(ax, s, "deployment", *styles[name], label(reading))
+            ax.set_title(f"{label(reading)}: {label(algo)}, {env_label(env)}\nfinal: {final(name, env)} vs "
+                         f"defaults {final(algo, env)}", fontsize=9)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(loc="upper left", frameon=False, fontsize=8)
-            _deployment_axis(ax, n_dep, _missing_by_name([k for k in missing if k.name in ("musbo", name)]))
-        for ax in list(axes.flat)[len(names or [None]):]:
+            _deployment_axis(ax, study.deployments(env), _missing_by_name(
+                [k for k in missing if k.env == env and k.name in (algo, name)]))
+            ax.set_ylabel("Eval return (real env)")
+        for ax in list(axes.flat)[len(panels or [None]):]:
             ax.set_visible(False)
-        for r in range(rows):
-            axes[r, 0].set_ylabel("Eval return (real env)")
-        fig.suptitle(f"MUSBO under each reading of eqs. 9, 12, 22 on {env_label(env)}, I × B = {budget}\n"
+        fig.suptitle(f"Each reading against its algorithm's defaults on its env, I × B = {budget}\n"
                      f"{profile_note(study, seeds)}", fontsize=10.5)
         _missing_footnote(fig, missing, len(keys), study)
         paths = save_figure(fig, Path(out), "readings")
+    data = data or [pd.DataFrame(columns=["name", "env", "deployment"] + summaries.SUMMARY_COLUMNS)]
     return paths + [write_csv(Path(out) / "data" / "readings.csv", pd.concat(data, ignore_index=True)),
                     write_csv(Path(out) / "data" / "readings_final.csv", finals)]

@@ -132,11 +132,23 @@ FIGURE_PANELS = {
 }
 FIG6_ALGOS = ["musbo", "bremen"]  # Fig. 6 compares the two models that feed TRPO
 FULL_BUDGET = "500k"  # Table 1 and Fig. 6 use the full data budget
-VARIANT_ALGO = "musbo"  # every ablation and reading changes one part of MUSBO
+VARIANT_ALGO = "musbo"  # every ablation changes one part of MUSBO; a reading may name other algorithms
 # The three kinds of run directory: results/<profile>/<kind>/<name>/<env>/<budget>/seed<N>/,
-# <name> being the algo (runs) or the variant (ablations, readings); the training rule of each.
+# <name> being the algo (runs), the ablation, or the reading, <reading>/<algo> for an algorithm
+# other than MUSBO (algos.config.reading_runs); the training rule of each.
 RUN_KINDS = {"runs": "run", "ablations": "ablation_run", "readings": "reading_run"}
-SWITCHES = {"runs": {}, "ablations": config["ablation_switches"], "readings": config["reading_switches"]}
+from algos.config import reading_runs, variant_of  # noqa: E402 (needs yaml only, as Snakemake)
+
+READING_RUNS = reading_runs(config)  # (reading, algo, env, name) per algorithm and env of each reading
+SWITCHES = {"runs": {}, "ablations": config["ablation_switches"],
+            "readings": {name: variant_of(config, "readings", name)[1] for *_, name in READING_RUNS}}
+
+
+def variant_algo(kind, name):
+    """The algorithm of run folder <kind>/<name>/ (algos.config.variant_of)."""
+    return variant_of(config, kind, name)[0]
+
+
 ANALYSIS_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 60}
 
 
@@ -145,13 +157,14 @@ def _one_of(names):
 
 
 # Every value a wildcard may take (the config's own lists), for wildcard_constraints.
-ALGO_PATTERN = _one_of(config["algos"] + FIG6_ALGOS + [VARIANT_ALGO])
+ALGO_PATTERN = _one_of(config["algos"] + FIG6_ALGOS + [VARIANT_ALGO] + [algo for _, algo, _, _ in READING_RUNS])
 ENV_PATTERN = _one_of(
     config["envs"] + [config["ablation_env"], config["novelty_env"], config["model_eval_env"]]
+    + [env for _, _, env, _ in READING_RUNS]
 )
 BUDGET_PATTERN = _one_of(config["budgets"] + [config["ablation_budget"], FULL_BUDGET])
 ABLATION_PATTERN = _one_of(config["ablations"])
-READING_PATTERN = _one_of(config["readings"])
+READING_PATTERN = _one_of([name for *_, name in READING_RUNS])
 SEED_PATTERN = "0|[1-9][0-9]*"  # one spelling per seed: seed0, never seed00
 
 
@@ -172,13 +185,16 @@ def main_run_keys(algos=None, envs=None, budgets=None, seeds=None):
 
 
 def variant_run_keys(kind):
-    """The ablation or reading runs: each variant on ablation_env at ablation_budget."""
-    names = config["ablations"] if kind == "ablations" else config["readings"]
+    """The ablation or reading runs at ablation_budget: each ablation on ablation_env, each
+    reading on its algorithms and envs (READING_RUNS)."""
+    where = ([(name, config["ablation_env"]) for name in config["ablations"]] if kind == "ablations"
+             else [(name, env) for _, _, env, name in READING_RUNS])
     return [
-        (kind, name, config["ablation_env"], config["ablation_budget"], seed)
-        for name in names
+        (kind, name, env, config["ablation_budget"], seed)
+        for name, env in where
         for seed in config["ablation_seeds"]
     ]
+
 
 
 def target_run_keys(target):
@@ -199,8 +215,11 @@ def target_run_keys(target):
                              budgets=[config["ablation_budget"]], seeds=config["ablation_seeds"])
     if target == "ablation":
         return baseline + variant_run_keys("ablations")
-    if target == "readings":
-        return baseline + variant_run_keys("readings")
+    if target == "readings":  # each reading run beside its algorithm's default run on its env
+        defaults = [key for _, algo, env, _ in READING_RUNS
+                    for key in main_run_keys(algos=[algo], envs=[env], budgets=[config["ablation_budget"]],
+                                             seeds=config["ablation_seeds"])]
+        return list(dict.fromkeys(baseline + defaults)) + variant_run_keys("readings")
     if target in ("claims", "report"):
         keys = [key for t in ANALYSIS_OUTPUTS if t not in ("claims", "report") for key in target_run_keys(t)]
         return list(dict.fromkeys(keys))  # each run once, in a stable order
@@ -259,7 +278,7 @@ def _resolve_every_run():
 
     merged = _plain(config)
     for (kind, name, env, budget, seed), switches in PLANNED_RUNS.items():
-        algo = name if kind == "runs" else VARIANT_ALGO
+        algo = variant_algo(kind, name)
         try:
             cfg = resolve_run_config(PROFILE, algo, env, budget, seed, switches, workflow_config=merged)
         except ConfigError as err:

@@ -2,6 +2,7 @@
 #   results/<profile>/runs/<algo>/<env>/<budget>/seed<N>/            the main grid       (rule run)
 #   results/<profile>/ablations/<ablation>/<env>/<budget>/seed<N>/   MUSBO, one switch   (rule ablation_run)
 #   results/<profile>/readings/<reading>/<env>/<budget>/seed<N>/     MUSBO, one reading  (rule reading_run)
+#   results/<profile>/readings/<reading>/<algo>/<env>/<budget>/seed<N>/  another algorithm under a reading
 # Each job runs the resolved config written beside its directory (seed<N>.run_config.yaml,
 # rules/common.smk), so a job runs exactly the merged config, and a changed config (a newer
 # file) reruns exactly its runs: --replace-stale moves the old run aside into
@@ -56,7 +57,7 @@ if not RESOLVE_NOW:
             kind="|".join(RUN_KINDS),
             name="|".join([ALGO_PATTERN, ABLATION_PATTERN, READING_PATTERN]),
         params:
-            algo=lambda wildcards: wildcards.name if wildcards.kind == "runs" else VARIANT_ALGO,
+            algo=lambda wildcards: variant_algo(wildcards.kind, wildcards.name),
             switches=lambda wildcards: " ".join(["--set", *SWITCHES[wildcards.kind][wildcards.name]])
             if wildcards.kind != "runs"
             else "",

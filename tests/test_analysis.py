@@ -312,6 +312,38 @@ def test_readings_figure_compares_each_reading_with_default_musbo(results, mini,
     assert "musbo" in finals.index and (tmp_path / "out" / "readings.pdf").is_file()
 
 
+def test_readings_figure_puts_a_baselines_reading_beside_its_own_defaults(results, mini, tmp_path):
+    """A reading that names algos and envs: BREMEN's runs sit under readings/<reading>/bremen/<env>/ and
+    are drawn and summarised against BREMEN's default runs on that env (not MUSBO's)."""
+    from analysis.synthetic import write_run
+    cfg = copy.deepcopy(mini)
+    cfg["readings"] = ["batch_full"]
+    cfg["reading_switches"] = {"batch_full": {"set": ["trpo.batch_assembly=full"], "algos": ["musbo", "bremen"],
+                                              "envs": ["hopper"]}}
+    copy_root = tmp_path / "results"
+    shutil.copytree(results, copy_root)
+    study = Study(cfg, copy_root)
+    keys = figures.reading_keys(study)
+    budget = cfg["ablation_budget"]
+    assert [str(k) for k in keys] == [f"readings/{n}/hopper/{budget}/seed{s}" for n in ("batch_full", "batch_full/bremen")
+                                      for s in cfg["ablation_seeds"]]
+    assert {(k.name, k.env) for k in figures.reading_reference_keys(study)} == {
+        ("musbo", cfg["ablation_env"]), ("musbo", "hopper"), ("bremen", "hopper")}
+    for k in keys:
+        write_run(copy_root, k, cfg, with_batches=False)
+    figures.readings(study, tmp_path / "out")
+    finals = pd.read_csv(tmp_path / "out" / "data" / "readings_final.csv").set_index(["name", "env"])
+    last = study.deployments("hopper")
+    for name, runs in (("batch_full/bremen", [k for k in keys if k.name == "batch_full/bremen"]),
+                       ("bremen", [k for k in figures.reading_reference_keys(study) if k.name == "bremen"])):
+        expected = np.mean([pd.read_csv(k.path(copy_root) / "metrics.csv").set_index("deployment")
+                            .eval_return_mean[last] for k in runs])
+        assert finals.loc[(name, "hopper"), "mean"] == pytest.approx(expected, abs=0.01)  # the CSV keeps 2 decimals
+    drawn = pd.read_csv(tmp_path / "out" / "data" / "readings.csv")
+    assert {("batch_full/bremen", "hopper"), ("bremen", "hopper"), ("batch_full", "hopper"), ("musbo", "hopper")} \
+        <= set(zip(drawn.name, drawn.env))
+
+
 def test_table1_shows_both_readings_for_every_env_with_5_deployments(made_all, mini):
     out, _ = made_all
     t1 = pd.read_csv(out / "table1_novelty.csv")

@@ -84,6 +84,40 @@ def test_claims_report_has_the_three_new_sections(study, tmp_path):
     claims.claims(Study(study.cfg, study.root), tmp_path)
     text = (tmp_path / "claims.md").read_text()
     for title in ("## Monotone improvement (Theorem 1)", "## Time per run (appendix F)",
-                  "## Verdicts under each reading of eqs. 9, 12 and 22"):
+                  "## Verdicts under each reading"):
         assert title in text
     assert "`musbo.eq9_distance=std_sum`" in text and "C17" in text
+
+
+def test_hopper_claims_c2_c3_under_a_reading_that_runs_musbo_and_bremen(tmp_path):
+    """A reading with algos [musbo, bremen] on Hopper: its rows compare each run with its own
+    algorithm's defaults, and C2 / C3 get a verdict with the defaults and one under the reading
+    (BREMEN's reading runs in place of its defaults, MOPO's defaults kept)."""
+    cfg = copy.deepcopy(load_profile("mini"))
+    cfg["seeds"], cfg["ablation_seeds"], cfg["envs"], cfg["budgets"] = [0, 1], [0, 1], ["hopper"], ["500k"]
+    cfg["readings"] = ["batch_full"]
+    cfg["reading_switches"] = {"batch_full": {"set": ["trpo.batch_assembly=full"], "algos": ["musbo", "bremen"],
+                                              "envs": ["hopper"]}}
+    root = tmp_path / "mini"
+    write_fake_results(root, cfg, with_batches=False)
+    s = Study(cfg, root)
+    n = s.deployments("hopper")
+
+    def returns(key, first, last):
+        set_returns(s, key, np.linspace(first, last, n) + key.seed)            # two seeds: a CI of width ~1
+    for k in s.main_keys():
+        returns(k, 10.0, {"musbo": 1000.0, "bremen": 10.0, "mopo": 10.0}[k.name])   # defaults: C2, C3 hold
+    for name, last in (("batch_full", 1000.0), ("batch_full/bremen", 2000.0)):     # full: BREMEN learns
+        for seed in (0, 1):
+            key = RunKey("readings", name, "hopper", "500k", seed)
+            write_run(root, key, cfg, with_batches=False)
+            returns(key, 10.0, last)
+    text = "\n".join(claims.readings_section(Study(cfg, root)))
+    table = text.split("| Runs |")[1]
+    defaults, full = (line for line in table.splitlines() if line.startswith(("| defaults", "| batch full")))
+    assert f"| {claims.HOLDS} | {claims.HOLDS} |" in defaults                   # C2 and C3 with the defaults
+    assert f"| {claims.FAILS} | {claims.FAILS} |" in full                       # both change under batch_full
+    assert "2000" in full and "(MOPO: defaults)" in full
+    rows = [line for line in text.split("| Runs |")[0].splitlines() if line.startswith("| batch full")]
+    assert len(rows) == 2 and all("higher" in r or "overlapping" in r for r in rows[1:])  # BREMEN's: vs its own
+    assert "`trpo.batch_assembly=full`" in rows[0]

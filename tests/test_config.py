@@ -185,3 +185,26 @@ def test_write_run_config_cli_takes_several_sets_after_one_flag(tmp_path):
     cfg = yaml.safe_load(out.read_text())
     assert cfg == resolve_run_config("smoke", "bremen", "hopper", "500k", 2,
                                      ["trpo.delta=0.2", "bc.lr=1e-3", "gamma=0.9"])
+
+
+def test_reading_runs_name_their_algorithms_and_envs_and_variant_of_reads_the_folder_back():
+    paper = load_profile("paper")
+    env = paper["ablation_env"]
+    runs = config_module.reading_runs(paper)
+    assert ("eq12_raw", "musbo", env, "eq12_raw") in runs                       # a list: MUSBO on ablation_env
+    assert [r for r in runs if r[0] == "batch_full"] == [                       # a mapping: its algos x envs
+        ("batch_full", "musbo", "hopper", "batch_full"), ("batch_full", "musbo", "walker2d", "batch_full"),
+        ("batch_full", "bremen", "hopper", "batch_full/bremen"), ("batch_full", "bremen", "walker2d", "batch_full/bremen")]
+    assert len(runs) == len(paper["readings"]) - 1 + 4
+    assert config_module.variant_of(paper, "readings", "batch_full/bremen") == ("bremen", ["trpo.batch_assembly=full"])
+    assert config_module.variant_of(paper, "readings", "batch_full") == ("musbo", ["trpo.batch_assembly=full"])
+    assert config_module.variant_of(paper, "readings", "eq9_raw") == ("musbo", ["musbo.eq9_distance=raw"])
+    assert config_module.variant_of(paper, "ablations", "no_exploration_noise") == (
+        "musbo", ["musbo.exploration_noise=none"])
+    assert config_module.variant_of(paper, "runs", "mopo") == ("mopo", [])
+    with pytest.raises(ConfigError, match="readings/nope/bremen is no run of the config: 'nope' has no entry in "
+                                          "reading_switches"):
+        config_module.variant_of(paper, "readings", "nope/bremen")
+    smoke = load_profile("smoke")                                               # a profile narrows a mapping's envs
+    assert [r[1:] for r in config_module.reading_runs(smoke) if r[0] == "batch_full"] == [
+        ("musbo", "hopper", "batch_full"), ("bremen", "hopper", "batch_full/bremen")]

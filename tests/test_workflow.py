@@ -119,6 +119,14 @@ def analysis_jobs(expected_targets) -> dict:
     return {target: 1 for target in expected_targets}
 
 
+def reading_runs_of(config: dict) -> int:
+    """How many reading runs a profile plans: a reading's list of switches is MUSBO on
+    ablation_env, a mapping names its algos and envs (config/paper.yaml, reading_switches)."""
+    entries = [config["reading_switches"][name] for name in config["readings"]]
+    return len(config["ablation_seeds"]) * sum(
+        len(e.get("algos", [1])) * len(e.get("envs", [1])) if isinstance(e, dict) else 1 for e in entries)
+
+
 # ------------------------------------------------------------------ static checks
 def test_lint_is_clean(clone):
     proc = snakemake("--lint", cwd=clone)
@@ -182,7 +190,7 @@ def test_the_users_command_schedules_the_paper_grid_on_a_fresh_clone(clone):
         (a, e, b, str(s)) for a in ALGOS for e in ENVS for b in ["500k", "250k"] for s in range(5)}
     variants = len(config["ablation_seeds"])
     assert counts(jobs) == {"run": 150, "ablation_run": len(config["ablations"]) * variants,
-                            "reading_run": len(config["readings"]) * variants, "all": 1,
+                            "reading_run": reading_runs_of(config), "all": 1,
                             **analysis_jobs(ANALYSIS_FILES)}
 
 
@@ -218,7 +226,7 @@ def test_mini_and_smoke_grids_write_their_own_folder(clone, profile, runs):
     jobs = jobs_of(proc.log)
     assert counts(jobs)["run"] == runs == 3 * 5 * 2 * len(config["seeds"])
     assert counts(jobs)["ablation_run"] == len(config["ablations"]) * len(config["ablation_seeds"])
-    assert counts(jobs)["reading_run"] == len(config["readings"]) * len(config["ablation_seeds"])
+    assert counts(jobs)["reading_run"] == reading_runs_of(config)
     outputs = set(re.findall(r"^\s+output: (.*)$", proc.log, re.M))
     figures = {f for line in outputs for f in line.split(", ") if f.startswith("paper_figures/")}
     assert figures and all(f.startswith(f"paper_figures/{profile}/") for f in figures), figures
@@ -262,15 +270,42 @@ def test_fig6_and_table1_use_their_env_and_the_ablation_seeds(clone):
     assert {(w["env"], w["budget"]) for rule, w in table1 if rule == "run"} == {(config["novelty_env"], "500k")}
 
 
-def test_table2_needs_no_run_and_ablation_and_readings_need_musbo_and_their_variants(clone):
+def test_table2_needs_no_run_and_ablation_needs_musbo_and_its_variants(clone):
     assert counts(dry_run("table2", cwd=clone)) == {"table2": 1}
     config = profile_config("paper")
     seeds = len(config["ablation_seeds"])
-    for target, rule, names in (("ablation", "ablation_run", "ablations"), ("readings", "reading_run", "readings")):
-        jobs = dry_run(f"paper_figures/{target}.pdf", cwd=clone)
-        assert counts(jobs) == {"run": seeds, rule: len(config[names]) * seeds, target: 1}
-        assert {(w["algo"], w["env"], w["budget"]) for r, w in jobs if r == "run"} == {
-            ("musbo", config["ablation_env"], config["ablation_budget"])}
+    jobs = dry_run("paper_figures/ablation.pdf", cwd=clone)
+    assert counts(jobs) == {"run": seeds, "ablation_run": len(config["ablations"]) * seeds, "ablation": 1}
+    assert {(w["algo"], w["env"], w["budget"]) for r, w in jobs if r == "run"} == {
+        ("musbo", config["ablation_env"], config["ablation_budget"])}
+
+
+def test_readings_target_schedules_each_reading_on_its_algorithms_and_envs_beside_their_defaults(clone):
+    """`snakemake -n readings` (paper profile): the readings of eqs. 9, 12, 22 and the calibrated
+    alpha of eq. 12 for MUSBO on ablation_env; batch_full (trpo.batch_assembly=full) for MUSBO AND
+    BREMEN on Hopper and Walker2d, BREMEN's under readings/batch_full/bremen/; each beside the
+    default run of its algorithm and env; every run at ablation_budget x ablation_seeds, with its switches."""
+    config = profile_config("paper")
+    env, budget, seeds = config["ablation_env"], config["ablation_budget"], [str(s) for s in config["ablation_seeds"]]
+    jobs = dry_run("readings", cwd=clone)
+    musbo_only = ["eq9_raw", "eq9_std_sum", "eq12_raw", "eq12_std_mean", "eq22_variance", "eq12_alpha_calibrated"]
+    expected = ({(name, env, budget, s) for name in musbo_only for s in seeds}
+                | {(name, e, budget, s) for name in ("batch_full", "batch_full/bremen") for e in ("hopper", "walker2d")
+                   for s in seeds})
+    readings = [(w["reading"], w["env"], w["budget"], w["seed"]) for r, w in jobs if r == "reading_run"]
+    assert sorted(readings) == sorted(expected)
+    defaults = [(w["algo"], w["env"], w["budget"], w["seed"]) for r, w in jobs if r == "run"]
+    assert sorted(defaults) == sorted({(a, e, budget, s) for a, e in [("musbo", env), ("musbo", "hopper"),
+                                       ("musbo", "walker2d"), ("bremen", "hopper"), ("bremen", "walker2d")]
+                                       for s in seeds})
+    assert counts(jobs) == {"run": len(defaults), "reading_run": len(expected), "readings": 1}
+    read = lambda path: yaml.safe_load((clone / "results/paper/readings" / path).read_text())  # noqa: E731
+    for algo, folder in (("musbo", "batch_full"), ("bremen", "batch_full/bremen")):
+        for e in ("hopper", "walker2d"):
+            cfg = read(f"{folder}/{e}/{budget}/seed{seeds[0]}.run_config.yaml")
+            assert (cfg["algo"], cfg["env"], cfg["trpo"]["batch_assembly"]) == (algo, e, "full")
+    cfg = read(f"eq12_alpha_calibrated/{env}/{budget}/seed{seeds[0]}.run_config.yaml")
+    assert (cfg["algo"], cfg["musbo"]["eq12_alpha"]) == ("musbo", "calibrated")
 
 
 def test_each_run_gets_its_resolved_config_with_its_switches(clone):
@@ -279,7 +314,7 @@ def test_each_run_gets_its_resolved_config_with_its_switches(clone):
     env, budget = config["ablation_env"], config["ablation_budget"]
     for kind, switches in (("ablations", config["ablation_switches"]), ("readings", config["reading_switches"])):
         for name, sets in switches.items():
-            if name not in config[kind]:
+            if name not in config[kind] or isinstance(sets, dict):  # a mapping: MUSBO and others elsewhere (above)
                 continue
             cfg = yaml.safe_load((clone / f"results/paper/{kind}/{name}/{env}/{budget}/seed0.run_config.yaml").read_text())
             assert cfg["algo"] == "musbo" and cfg["env"] == env and cfg["seed"] == 0
