@@ -105,13 +105,89 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+# ---- reading YAML: one loader for every config the project reads (profiles, workflow and run
+# configs, --set values). Configs are small hand-written trees: anchors and aliases (the alias
+# bomb) and duplicate keys (the last one silently winning) are refused, and 1e-5 is a float
+# (YAML 1.1 reads a float without a dot as a string).
+MAX_CONFIG_BYTES = 256 * 1024  # config/paper.yaml is 15 kB
+MAX_ERROR_CHARS = 300
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses anchors, aliases and a key given twice, naming the dotted key."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.keys = []  # the dotted key of the node being composed, for the error messages
+
+    def refuse(self, keys: list, problem: str, mark):
+        named = f"key {'.'.join(map(str, keys))!r} " if keys else "the document "
+        raise yaml.composer.ComposerError(None, None, named + problem, mark)
+
+    def compose_node(self, parent, index):
+        named = isinstance(index, yaml.ScalarNode)  # a mapping's value: its key is index
+        if named:
+            self.keys.append(index.value)
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            self.refuse(self.keys, "holds an anchor or alias (& or *), which a config may not use; write the "
+                        "value out", event.start_mark)
+        node = super().compose_node(parent, index)
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node in (k for k, _ in node.value if isinstance(k, yaml.ScalarNode)):
+                if key_node.value in seen:
+                    self.refuse(self.keys + [key_node.value], f"is given twice (also at line {seen[key_node.value]}); "
+                                "keep one", key_node.start_mark)
+                seen[key_node.value] = key_node.start_mark.line + 1
+        if named:
+            self.keys.pop()
+        return node
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
+
+
+def parse_yaml(text: str, where: str):
+    """`text` read with the project's loader; any problem is one ConfigError line naming `where`."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where} holds {len(text)} characters, more than a config's {MAX_CONFIG_BYTES}")
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(_one_line(f"{where} is not valid YAML{line}: {err.problem or err.context}")) from None
+    except yaml.YAMLError as err:  # e.g. a control character
+        raise ConfigError(_one_line(f"{where} is not valid YAML: {str(err).splitlines()[0]}")) from None
+
+
+def read_config_file(path):
+    """A config file (at most MAX_CONFIG_BYTES of UTF-8 YAML) read with parse_yaml. An OSError
+    (missing, unreadable) is left to the caller, which knows how to make the file."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; a config is a few kB of YAML")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
+                          "a config is a YAML text file") from None
+    return parse_yaml(text, str(path))
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} is missing; restore it from git (git checkout -- {path})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_config_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     return data
@@ -208,10 +284,10 @@ def _check_value(key: str, value) -> None:
 
 def parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. trpo.delta=0.1")
+        raise ConfigError(_one_line(f"override {text!r} must look like key=value, e.g. trpo.delta=0.1"))
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; users mean a number
+    value = parse_yaml(raw, _one_line(f"--set {key.strip()}"))
+    if isinstance(value, str):  # nan, inf (YAML spells them .nan, .inf): users mean a number
         try:
             value = float(value)
         except ValueError:
@@ -414,12 +490,10 @@ def read_run_config(path) -> dict:
     """A run config file, validated (check_run_config)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_config_file(path)
     except OSError as err:
         raise ConfigError(f"cannot read the run config {path} ({err.strerror}); write it with "
                           f"python -m algos.config write-run-config") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"run config {path} is not valid YAML ({str(err).splitlines()[0]})") from None
     return check_run_config(data, where=f"in {path}: ")
 
 

@@ -10,6 +10,22 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
+sys.path.insert(0, workflow.basedir)  # the project's packages (algos, envs, analysis)
+
+
+def _check_config_files():
+    """Snakemake reads each config file itself and lets a key given twice (the last one wins)
+    and anchors and aliases through: the project's loader (algos.config) refuses them."""
+    from algos.config import ConfigError, read_config_file
+
+    for path in workflow.configfiles:
+        try:
+            read_config_file(path)
+        except ConfigError as err:
+            raise WorkflowError(f"config: {err}") from None
+
+
+_check_config_files()
 validate(config, "../config/schema.yaml")
 
 # ------------------------------------------------------------------ the config
@@ -72,7 +88,6 @@ WORKFLOW_CONFIG = f"{RESULTS}/workflow_config.yaml"
 # The modules every job imports. Snakemake's own Python needs them too, to resolve and check
 # every run's config now (below), unless --use-conda gives the jobs their own environment.
 JOB_MODULES = ("yaml", "numpy", "torch", "gymnasium", "mujoco", "dm_control", "scipy", "pandas", "matplotlib")
-sys.path.insert(0, workflow.basedir)  # the project's packages (algos, envs, analysis)
 
 
 def _importable(module):

@@ -187,6 +187,90 @@ def test_write_run_config_cli_takes_several_sets_after_one_flag(tmp_path):
                                      ["trpo.delta=0.2", "bc.lr=1e-3", "gamma=0.9"])
 
 
+# ---------------------------------------------------------------- the one YAML loader (issue 21)
+# 9**9 strings once expanded; 3 kB of YAML
+ALIAS_BOMB = "[&a [x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")) + "]"
+
+
+def run_cli_refusal(capsys, run_config: Path, out: Path) -> str:
+    """`python -m algos.run --run-config FILE --out DIR` in-process: exit 2, one line, nothing written."""
+    from algos.run import main as run_main
+    assert run_main(["--run-config", str(run_config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 400, err
+    assert not out.exists()
+    return err
+
+
+def smoke_run_config_text() -> str:
+    return yaml.safe_dump(resolve_run_config("smoke", "bremen", "hopper", "500k", 0), sort_keys=False)
+
+
+def test_duplicate_key_in_run_config_is_refused(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(smoke_run_config_text() + "seed: 7\n")      # `seed: 0` above, then `seed: 7`
+    err = run_cli_refusal(capsys, path, tmp_path / "seed7")
+    line = len(smoke_run_config_text().splitlines()) + 1
+    assert f"{path} is not valid YAML at line {line}: key 'seed' is given twice" in err
+
+
+def test_duplicate_key_in_a_profile_is_refused_naming_file_and_key(tmp_path, monkeypatch):
+    (tmp_path / "paper.yaml").write_text((config_module.CONFIG_DIR / "paper.yaml").read_text())
+    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    (tmp_path / "mine.yaml").write_text("run:\n  defaults:\n    deployments: 3\n    deployments: 4\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml is not valid YAML at line 4: key 'run.defaults.deployments' is "
+                                          r"given twice \(also at line 3\); keep one"):
+        load_profile("mine")
+
+
+def test_alias_bomb_is_refused_quickly_in_one_line(tmp_path, capsys):
+    import time
+    path = tmp_path / "run.yaml"
+    text = smoke_run_config_text()
+    path.write_text(text.replace("\nseed: 0\n", f"\nseed: {ALIAS_BOMB}\n"))
+    start = time.monotonic()
+    err = run_cli_refusal(capsys, path, tmp_path / "out")
+    line = text.splitlines().index("seed: 0") + 1
+    assert f"{path} is not valid YAML at line {line}: key 'seed' holds an anchor or alias (& or *)" in err
+    with pytest.raises(ConfigError) as refused:                   # the --set form of it
+        resolve_run_config("smoke", "bremen", "hopper", "500k", 0, ["dynamics.hidden=" + ALIAS_BOMB])
+    assert time.monotonic() - start < 5
+    assert "--set dynamics.hidden is not valid YAML at line 1: the document holds an anchor" in str(refused.value)
+    assert len(str(refused.value)) < 400
+
+
+def test_binary_run_config_is_one_line(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(bytes(range(256)) * 8)
+    assert f"{path} is not UTF-8 text (byte 0x80 at offset 128)" in run_cli_refusal(capsys, path, tmp_path / "out")
+    path.write_bytes(b"seed: \x00\x01\n")                         # UTF-8, but control characters
+    assert "unacceptable character" in run_cli_refusal(capsys, path, tmp_path / "out")
+
+
+def test_oversized_config_file_is_refused_before_reading_it_all(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("# padding\n" * (config_module.MAX_CONFIG_BYTES // 10 + 1))
+    err = run_cli_refusal(capsys, path, tmp_path / "out")
+    assert f"{path} is larger than {config_module.MAX_CONFIG_BYTES} bytes" in err
+
+
+def test_float_in_a_set_list_is_read_as_float():
+    cfg = resolve_run_config("smoke", "mopo", "hopper", "500k", 0, ["mopo.weight_decay=[1e-5,2e-5,3e-5]"])
+    assert cfg["mopo"]["weight_decay"] == [1e-5, 2e-5, 3e-5]
+
+
+def test_float_without_a_dot_in_a_profile_and_a_run_config_is_read_as_float(tmp_path, monkeypatch):
+    (tmp_path / "paper.yaml").write_text((config_module.CONFIG_DIR / "paper.yaml").read_text())
+    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    (tmp_path / "mine.yaml").write_text("run:\n  defaults:\n    dynamics: {weight_decay: 1e-5, lr: 2E-4}\n")
+    cfg = resolve_run_config("mine", "musbo", "hopper", "500k", 0)
+    assert (cfg["dynamics"]["weight_decay"], cfg["dynamics"]["lr"]) == (1e-5, 2e-4)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg).replace("1.0e-05", "1e-5"))
+    assert "1e-5" in path.read_text() and config_module.read_run_config(path) == cfg
+
+
 def test_reading_runs_name_their_algorithms_and_envs_and_variant_of_reads_the_folder_back():
     paper = load_profile("paper")
     env = paper["ablation_env"]

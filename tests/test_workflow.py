@@ -155,6 +155,18 @@ def test_a_bad_config_fails_at_parse_time_naming_the_key(clone, tmp_path, bad, n
     assert not jobs_of(proc.log), "a job was scheduled before the config was checked"
 
 
+@pytest.mark.parametrize("text, named", [
+    ("seeds: [0]\nseeds: [0, 1]\n", "bad.yaml is not valid YAML at line 2: key 'seeds' is given twice"),
+    ("seeds: &s [0]\nablation_seeds: *s\n", "bad.yaml is not valid YAML at line 1: key 'seeds' holds an anchor"),
+])
+def test_a_profile_file_with_a_duplicate_key_or_an_alias_fails_at_parse_time(clone, tmp_path, text, named):
+    """Snakemake reads --configfile itself (the last duplicate winning); the project's loader refuses it."""
+    (tmp_path / "bad.yaml").write_text(text)
+    proc = snakemake("all", "--dry-run", f"--configfile={tmp_path / 'bad.yaml'}", cwd=clone)
+    assert proc.returncode != 0 and named in proc.log, proc.log
+    assert not jobs_of(proc.log)
+
+
 def test_config_overrides_of_list_keys_work(clone):
     jobs = dry_run("paper_figures/fig2.pdf", "--config", "seeds=[0,1]", cwd=clone)
     assert counts(jobs) == {"run": 3 * 2 * 2, "fig2": 1}
