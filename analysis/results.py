@@ -5,21 +5,25 @@ Layout (the contract of `python -m algos.run`):
     RESULTS/runs/{algo}/{env}/{budget}/seed{seed}/            the main grid
     RESULTS/ablations/{ablation}/{env}/{budget}/seed{seed}/   MUSBO with one switch changed
 A run exists when its metrics.csv exists (it is written when the run completes) and it passes
-the input checks (`Study.check`: metrics.csv columns and types, deployments 1..I exactly once,
-finite values, the run's own config.yaml naming this profile and this run). A run that fails is
-excluded: listed with its reason in missing_runs.md, never plotted, counted in the footnotes.
+the input checks (`Study.check`): the run's own config.yaml names this profile and this run, its
+identity.json config hash is the hash of the config the profile resolves for its cell (else the
+differing keys are named), and metrics.csv, eval_returns.csv, model_eval.csv and novelty.csv
+(each where present) have their columns, numbers only, finite and plausible values (RANGES), and
+deployments 1..I (novelty: 2..I) exactly once (eval_returns: eval_episodes times). A run that
+fails is excluded: listed with its reason in missing_runs.md, never plotted, counted in the
+footnotes. A batch file that cannot be read is skipped: Table 1 takes the run's novelty.csv.
 """
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-
+from algos.config import ConfigError, _flatten, config_hash, read_config_file, resolve_run_config, variant_of
 from analysis.profile import env_run_config
 
 # Table 1 and Fig. 6 (section 5 of the paper) are at I x B = 500k.
@@ -30,6 +34,18 @@ KEY_COLUMNS = ["kind", "name", "env", "budget", "seed"]
 # metrics.csv of a run (algos/run.py METRIC_COLUMNS): every column numeric, every value finite.
 METRIC_COLUMNS = ["deployment", "samples_total", "eval_return_mean", "eval_return_std", "eval_episodes",
                   "collect_s", "model_s", "labeler_s", "bc_s", "policy_s", "eval_s"]
+# The other files of a run that the analysis reads (algos/run.py), each checked where present:
+# file -> (its columns, the columns it may lack (older runs), the first deployment it holds);
+# eval_returns.csv holds eval_episodes rows per deployment, deployment 0 being the random policy.
+RUN_TABLES = {"eval_returns.csv": (["deployment", "episode", "return"], [], 0),
+              "model_eval.csv": (["deployment", "energy_distance", "trajectory_mse"], [], 1),
+              "novelty.csv": (["deployment", "cosine_similarity"], ["nn_cosine_similarity"], 2)}
+# The plausible values of a column (any file): an episode return of any env of the grid (1000
+# steps) lies far inside +-1e5; distances are not negative; a cosine lies in [-1, 1].
+RETURN_BOUND = 1e5
+RANGES = {"eval_return_mean": (-RETURN_BOUND, RETURN_BOUND), "return": (-RETURN_BOUND, RETURN_BOUND),
+          "energy_distance": (0.0, np.inf), "trajectory_mse": (0.0, np.inf),
+          "cosine_similarity": (-1 - 1e-6, 1 + 1e-6), "nn_cosine_similarity": (-1 - 1e-6, 1 + 1e-6)}
 
 
 def workflow_command(profile: str) -> str:
@@ -63,6 +79,13 @@ def _seed_of(dirname: str) -> int | None:
     return int(digits) if dirname.startswith("seed") and digits.isdigit() and digits == str(int(digits)) else None
 
 
+def cell_config(cfg: dict, key: RunKey) -> dict:
+    """The config that the profile (or the workflow's merged config) resolves for one cell of the
+    grid, exactly as the workflow does before any job (rules/common.smk, _resolve_every_run)."""
+    algo, switches = variant_of(cfg, key.kind, key.name)
+    return resolve_run_config(cfg["profile"], algo, key.env, key.budget, key.seed, switches, workflow_config=cfg)
+
+
 class Study:
     """One profile's grid (from its config) and its results directory."""
 
@@ -74,6 +97,7 @@ class Study:
         self.seeds = [int(s) for s in cfg["seeds"]]
         self.ablation_seeds = [int(s) for s in cfg["ablation_seeds"]]
         self._checked: dict[RunKey, str | None] = {}
+        self.unreadable_batches: dict[RunKey, str] = {}  # filled by batch_obs (Table 1 names them)
 
     # ---- the plan ----
     def deployments(self, env: str) -> int:
@@ -113,7 +137,12 @@ class Study:
     def check(self, key: RunKey) -> str | None:
         """Why the run cannot be used, or None. Only for runs with a metrics.csv."""
         if key not in self._checked:
-            self._checked[key] = _check_run(key.path(self.root), key, self.profile, self.deployments(key.env))
+            try:
+                expected = cell_config(self.cfg, key)
+            except (ConfigError, KeyError) as err:  # a config the workflow would refuse
+                self._checked[key] = f"the profile's config does not resolve for it ({type(err).__name__}: {err})"
+            else:
+                self._checked[key] = _check_run(key.path(self.root), key, self.profile, expected)
         return self._checked[key]
 
     @property
@@ -203,14 +232,22 @@ class Study:
         return [d / f"deployment_{i}.npz" for i in range(1, self.deployments(key.env) + 1)]
 
     def batch_obs(self, key: RunKey) -> list[np.ndarray] | None:
-        """The obs of B(1..I) of one run, or None if the run or any batch file is missing."""
+        """The obs of B(1..I) of one run, or None if the run or any batch file is missing or
+        unreadable (then named in `unreadable_batches`)."""
         files = self.batch_files(key)
         if not self.exists(key) or not all(f.is_file() for f in files):
             return None
         out = []
         for f in files:
-            with np.load(f) as z:
-                out.append(np.asarray(z["obs"]))
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    obs = np.asarray(z["obs"])
+                if obs.ndim != 2 or obs.dtype.kind not in "fiu" or not np.isfinite(obs).all():
+                    raise ValueError(f"obs of shape {obs.shape}, or not finite")
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+                self.unreadable_batches[key] = f"{f.relative_to(self.root)} is unreadable ({type(err).__name__})"
+                return None
+            out.append(obs)
         return out
 
     def provenance(self) -> list[dict]:
@@ -264,39 +301,100 @@ class Study:
 
 
 # ---- the input checks of one run ----
-def _check_run(d: Path, key: RunKey, profile: str, deployments: int) -> str | None:
-    """Why the run in `d` cannot be used (one line), or None."""
+def _check_run(d: Path, key: RunKey, profile: str, expected: dict) -> str | None:
+    """Why the run in `d` cannot be used (one line), or None. `expected`: the config the profile
+    resolves for the run's cell (cell_config)."""
     try:
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+        cfg = read_config_file(d / "config.yaml")
+    except OSError as err:
         return f"config.yaml is missing or unreadable ({type(err).__name__})"
+    except ConfigError as err:
+        return f"config.yaml is unreadable ({err})"
     if not isinstance(cfg, dict) or cfg.get("profile") != profile:
         found = cfg.get("profile") if isinstance(cfg, dict) else None
         return f"its config.yaml is profile {found!r}, not {profile!r}"
-    expected = {"env": key.env, "budget": key.budget, "seed": key.seed}
+    identity = {"env": key.env, "budget": key.budget, "seed": key.seed}
     if key.kind == "runs":
-        expected["algo"] = key.name
-    wrong = [f"{k}={cfg.get(k)!r}" for k, v in expected.items() if k in cfg and cfg[k] != v]
+        identity["algo"] = key.name
+    wrong = [f"{k}={cfg.get(k)!r}" for k, v in identity.items() if k in cfg and cfg[k] != v]
     if wrong:
         return f"its config.yaml is another run ({', '.join(wrong)})"
-    try:
-        m = pd.read_csv(d / "metrics.csv")
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
-        return f"metrics.csv is unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty'})"
-    absent = [c for c in METRIC_COLUMNS if c not in m.columns]
-    if absent:
-        return f"metrics.csv lacks the column(s) {', '.join(absent)}"
-    for c in METRIC_COLUMNS:
-        if not pd.api.types.is_numeric_dtype(m[c]) or pd.api.types.is_bool_dtype(m[c]):
-            return f"metrics.csv column {c} is not numeric"
-        if not np.isfinite(m[c].to_numpy(dtype=float)).all():
-            return f"metrics.csv column {c} holds a non-finite value"
-    got = m["deployment"].tolist()
-    if sorted(got) != list(range(1, deployments + 1)):
-        dup = sorted({int(x) for x in got if got.count(x) > 1})
-        return (f"metrics.csv deployments are {_ranges(got)}, not 1..{deployments} exactly once"
-                + (f" (repeated: {dup})" if dup else ""))
+    reason = _config_difference(d, cfg, expected)
+    if reason:
+        return reason
+    deployments, episodes = expected["deployments"], expected["eval_episodes"]
+    m, reason = _read_table(d / "metrics.csv", METRIC_COLUMNS)
+    if reason or (reason := _deployment_problem(m, "metrics.csv", 1, deployments)):
+        return reason
+    if (m["eval_episodes"] != episodes).any():
+        return f"metrics.csv eval_episodes is {_ranges(m['eval_episodes'])}, not the config's {episodes}"
+    for name, (columns, optional, first) in RUN_TABLES.items():
+        if (d / name).is_file():
+            t, reason = _read_table(d / name, columns, optional)
+            per = episodes if name == "eval_returns.csv" else 1
+            if reason or (reason := _deployment_problem(t, name, first, deployments, per)):
+                return reason
     return None
+
+
+def _config_difference(d: Path, own: dict, expected: dict) -> str | None:
+    """None when the run's identity.json holds the hash of `expected`; else what differs, from
+    the run's config.yaml (fully resolved) against `expected`."""
+    try:
+        recorded = str(json.loads((d / "identity.json").read_text())["config_hash"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"identity.json is missing or unreadable ({type(err).__name__})"
+    wanted = config_hash(expected)
+    if recorded == wanted:
+        return None
+    ours, theirs = _flatten(own), _flatten(expected)
+    keys = sorted(k for k in ours.keys() | theirs.keys() if k not in ours or k not in theirs or ours[k] != theirs[k])
+
+    def value(flat, k, where):
+        return f"{flat[k]!r} in the {where}" if k in flat else f"absent in the {where}"
+    what = "; ".join(f"{k}: {value(ours, k, 'run')}, {value(theirs, k, 'profile')}" for k in keys[:4])
+    what += f"; and {len(keys) - 4} more key(s)" if len(keys) > 4 else ""
+    return (f"made with another config than the profile's for this run (config hash {recorded[:12]}, the "
+            f"profile's {wanted[:12]}): {what or 'its identity.json differs, its config.yaml does not'}")
+
+
+def _read_table(path: Path, columns, optional=()) -> tuple[pd.DataFrame | None, str | None]:
+    """A CSV of the run with `columns` (and `optional` ones, where present) numeric, finite and in
+    their RANGES; or why not."""
+    name = path.name
+    try:
+        t = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
+        return None, f"{name} is unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty'})"
+    absent = [c for c in columns if c not in t.columns]
+    if absent:
+        return None, f"{name} lacks the column(s) {', '.join(absent)}"
+    for c in [*columns, *(c for c in optional if c in t.columns)]:
+        if not pd.api.types.is_numeric_dtype(t[c]) or pd.api.types.is_bool_dtype(t[c]):
+            return None, f"{name} column {c} is not numeric"
+        values = t[c].to_numpy(dtype=float)
+        if not np.isfinite(values).all():
+            return None, f"{name} column {c} holds a non-finite value"
+        low, high = RANGES.get(c, (-np.inf, np.inf))
+        outside = values[(values < low) | (values > high)]
+        if len(outside):
+            return None, f"{name} column {c} holds {outside[0]:g}, outside its plausible range [{low:g}, {high:g}]"
+    return t, None
+
+
+def _deployment_problem(t: pd.DataFrame, name: str, first: int, last: int, per: int = 1) -> str | None:
+    """None when `t` holds each deployment first..last exactly `per` times."""
+    got = t["deployment"].tolist()
+    if sorted(got) == sorted(list(range(first, last + 1)) * per):
+        return None
+    if per > 1:
+        counts = t["deployment"].value_counts().sort_index()
+        shown = ", ".join(f"{dep:g}: {n}" for dep, n in list(counts.items())[:12])
+        return (f"{name} does not hold eval_episodes={per} episodes for each of deployments {first}..{last} "
+                f"(per deployment: {{{shown}}})")
+    dup = sorted({int(x) for x in got if got.count(x) > 1})
+    return (f"{name} deployments are {_ranges(got)}, not {first}..{last} exactly once"
+            + (f" (repeated: {dup})" if dup else ""))
 
 
 def _ranges(values) -> str:

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analysis.profile import env_run_config
-from analysis.results import RunKey, Study
+from algos.rundir import identity_of
+from analysis.results import RunKey, Study, cell_config
 
 # made-up learning speed per algorithm / ablation (MUSBO learns fastest, MOPO slowest)
 _GAIN = {"musbo": 1.0, "bremen": 0.6, "mopo": 0.3}
@@ -29,10 +29,8 @@ def _curve(key: RunKey, n_deployments: int, rng: np.random.Generator) -> np.ndar
 
 
 def write_run(root: Path, key: RunKey, cfg: dict, with_batches: bool = True) -> Path:
-    run_cfg = env_run_config(cfg, key.env)
-    n_dep = int(run_cfg["deployments"])
-    per_batch = int(run_cfg["budget_samples"][key.budget]) // n_dep
-    n_eval = int(run_cfg["eval_episodes"])
+    run_cfg = cell_config(cfg, key)  # the config the workflow would run: the analysis checks its hash
+    n_dep, per_batch, n_eval = run_cfg["deployments"], run_cfg["batch_size"], run_cfg["eval_episodes"]
     rng = np.random.default_rng(zlib.crc32(str(key).encode()))
     d = key.path(root)
     d.mkdir(parents=True, exist_ok=True)
@@ -59,9 +57,8 @@ def write_run(root: Path, key: RunKey, cfg: dict, with_batches: bool = True) -> 
             np.savez(d / "batches" / f"deployment_{i}.npz", obs=obs, act=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
                      rew=rng.normal(size=n).astype(np.float32), next_obs=obs, terminated=np.zeros(n, bool),
                      truncated=np.zeros(n, bool), episode_start=np.arange(n) % 16 == 0)
-    identity = {"profile": cfg["profile"], "env": key.env, "budget": key.budget, "seed": key.seed,
-                "algo": key.name if key.kind == "runs" else "musbo"}
-    (d / "config.yaml").write_text(yaml.safe_dump({**run_cfg, **identity}))  # as a run's: the analysis checks it
+    (d / "identity.json").write_text(json.dumps(identity_of(run_cfg), indent=2) + "\n")  # as a run's
+    (d / "config.yaml").write_text(yaml.safe_dump(run_cfg, sort_keys=False))
     (d / "provenance.json").write_text(json.dumps({
         "git_commit": "fake000", "packages": {}, "device": "cpu", "seed": key.seed,
         "start_time": "2026-01-01T00:00:00", "end_time": "2026-01-01T00:01:00"}))

@@ -88,8 +88,11 @@ def table1(study: Study, out: Path) -> list[Path]:
     what = (f"Envs with 5 deployments ({', '.join(env_label(e) for e in envs)}), I × B = {SECTION5_BUDGET}, "
             f"profile `{study.profile}`, seeds {seeds}: mean over seeds and 95 % bootstrap CI")
     missing = ("" if not no_batches else
-               f"\n**Missing batches** (these runs have neither batches nor novelty.csv and are left out; see missing_runs.md): "
-               + ", ".join(f"`{k}`" for k in no_batches) + "\n")
+               f"\n**Missing batches** (these runs have neither readable batches nor novelty.csv and are left out; "
+               f"see missing_runs.md): " + ", ".join(f"`{k}`" for k in no_batches) + "\n")
+    if study.unreadable_batches:
+        missing += ("\n**Unreadable batches** (skipped; the run's novelty.csv stands in where present): "
+                    + "; ".join(f"`{k}`: {why}" for k, why in sorted(study.unreadable_batches.items())) + "\n")
     notes = (f"The paper's \"cosine score\" of B(i) against B(1..i-1), two readings "
              f"(algos/core/novelty.py): *mean over all pairs* = the cosine of each state of B(i) with every "
              f"state of B(1..i-1), averaged over all pairs (exact: the dot product of the mean unit vectors); "
