@@ -16,8 +16,9 @@
 #   run           algos x envs x budgets x seeds -> results/<profile>/runs/<algo>/<env>/<budget>/seed<N>/
 #   ablation_run  MUSBO x ablations on ablation_env, ablation_budget, ablation_seeds
 #                 -> results/<profile>/ablations/<ablation>/<env>/<budget>/seed<N>/
-#   reading_run   MUSBO x readings (eqs. 9, 12, 22) on the same
-#                 -> results/<profile>/readings/<reading>/<env>/<budget>/seed<N>/
+#   reading_run   each reading on its algorithms and envs (default: MUSBO on ablation_env), ablation_budget,
+#                 ablation_seeds -> results/<profile>/readings/<reading>/[<algo>/]<env>/<budget>/seed<N>/
+#                 (<algo>/ for any algorithm but MUSBO; config reading_switches, algos.config.reading_runs)
 #   fig2..fig6, table1, table2, aggregate, ablation, readings, diagnostics, claims, report:
 #                 `python -m analysis TARGET` -> paper_figures/ (profile paper) or
 #                 paper_figures/<profile>/ (see ANALYSIS_OUTPUTS in rules/common.smk)

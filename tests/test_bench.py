@@ -76,3 +76,61 @@ def test_paper_deployment_tiny_stops_after_deployment_2_and_records_every_field(
     assert r["phases_s_total"]["policy"] == sum(row["phases_s"]["policy"] for row in r["deployments"].values())
     assert r["wall_s"] > 0 and r["peak_rss_mib"] > 50                          # a torch process: > 50 MiB
     assert r["machine"]["cpu_count"] >= 1 and r["machine"]["torch_threads"] >= 1 and r["machine"]["device"] == "cpu"
+
+
+def test_eq12_inrun_judges_each_distance_by_the_readings_rule(tmp_path):
+    """bench/eq12_inrun.py: a batch with p10 >= 0.99 has >= 90 % of its labels within 0.01 of 1;
+    pooled over batches the quantiles bound the share (undecided between), recorded shares decide."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+    import yaml
+
+    import eq12_inrun
+    low, high = eq12_inrun.share_bounds(np.array([0.995, 0.98]), np.array([0.998, 0.995]), np.array([0.999, 0.999]))
+    assert (low, high) == (0.7, 0.95)                                   # (0.9 + 0.5) / 2, (1 + 0.9) / 2
+    assert eq12_inrun.share_bounds(np.array([0.0]), np.array([0.005]), np.array([0.02]), at_one=False) == (0.5, 0.9)
+
+    def run(folder, distance, rows):
+        d = tmp_path / folder
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(yaml.safe_dump({"algo": "musbo", "env": "hopper", "musbo": {
+            "eq12_distance": distance, "alpha": 0.028, "uncertainty_weighting": True}}))
+        pd.DataFrame([{"deployment": 1, "phase": phase, "step": step, "name": name, "value": value}
+                      for phase, step, name, value in rows]).to_csv(d / "scalars.csv", index=False)
+    quantiles = lambda step, p10: [("policy", step, "eq12_p10", p10), ("policy", step, "eq12_p50", 0.999),  # noqa: E731
+                                   ("policy", step, "eq12_p90", 1.0)]
+    run("std_sum/seed0", "std_sum", quantiles(0, 0.995) + quantiles(1, 0.995))          # every batch >= 90 %
+    run("raw/seed0", "raw", quantiles(0, 0.995) + quantiles(1, 0.98))                   # bounds 0.7-0.95
+    measured = [(eq12_inrun.PHASE, 0, f"eq12_{d}_{q}", v) for d in eq12_inrun.DISTANCES
+                for q, v in (("p10", 0.9), ("p50", 0.95), ("p90", 0.99), ("share_at_0", 0.0),
+                             ("share_at_1", {"raw": 0.95, "std_sum": 0.5, "std_mean": 0.9}[d]))]
+    run("measured/seed0", "std_sum", measured + [(eq12_inrun.PHASE, 0, f"median_d_{d}", 0.5)
+                                                 for d in eq12_inrun.DISTANCES])
+    summary = eq12_inrun.summarise(eq12_inrun.collect([tmp_path])).set_index(["source", "distance"])
+    assert summary.degenerate[("policy", "raw")] == "undecided"
+    assert summary.degenerate[("policy", "std_sum")] == "yes" and summary.batches_degenerate[("policy", "std_sum")] == 1
+    measured = summary.loc[eq12_inrun.PHASE]
+    assert measured.degenerate.to_dict() == {"raw": "yes", "std_sum": "no", "std_mean": "no"}   # > 90 %, not >=
+    assert measured.calibrated_alpha["raw"] == pytest.approx(np.log(2) / 0.5)
+    assert "| measured, every distance | hopper | raw |" in eq12_inrun.markdown(summary.reset_index())
+
+
+def test_eq12_inrun_measure_records_every_distance_at_the_runs_own_imagined_samples(tmp_path):
+    """A smoke MUSBO run under `measure`: per TRPO iteration the labels of every distance, the run's
+    own distance equal to what the run itself records (the same samples and member pairs)."""
+    import pandas as pd
+    import yaml
+
+    import eq12_inrun
+    eq12_inrun.measure(["hopper"], [0], tmp_path, "smoke")
+    run = tmp_path / "runs" / "musbo" / "hopper" / "500k" / "seed0"
+    own = yaml.safe_load((run / "config.yaml").read_text())["musbo"]["eq12_distance"]
+    s = pd.read_csv(run / "scalars.csv")
+    policy = s[(s.phase == "policy") & (s.name == "eq12_p10")].value.to_numpy()
+    measured = s[(s.phase == eq12_inrun.PHASE) & (s.name == f"eq12_{own}_p10")].value.to_numpy()
+    assert len(policy) > 0 and list(policy) == list(measured)
+    names = set(s[s.phase == eq12_inrun.PHASE].name)
+    assert {f"eq12_{d}_share_at_1" for d in eq12_inrun.DISTANCES} | {f"median_d_{d}" for d in eq12_inrun.DISTANCES} <= names
+    from algos.musbo import MUSBO
+    assert MUSBO.eq12_distance.__name__ == "eq12_distance"                    # the recording wrapper is gone

@@ -275,7 +275,7 @@ def test_reading_runs_name_their_algorithms_and_envs_and_variant_of_reads_the_fo
     paper = load_profile("paper")
     env = paper["ablation_env"]
     runs = config_module.reading_runs(paper)
-    assert ("eq12_raw", "musbo", env, "eq12_raw") in runs                       # a list: MUSBO on ablation_env
+    assert ("eq12_std_sum", "musbo", env, "eq12_std_sum") in runs               # a list: MUSBO on ablation_env
     assert [r for r in runs if r[0] == "batch_full"] == [                       # a mapping: its algos x envs
         ("batch_full", "musbo", "hopper", "batch_full"), ("batch_full", "musbo", "walker2d", "batch_full"),
         ("batch_full", "bremen", "hopper", "batch_full/bremen"), ("batch_full", "bremen", "walker2d", "batch_full/bremen")]

@@ -169,9 +169,11 @@ def test_eq12_alpha_calibrated_needs_the_eq12_labels_of_trpo():
 
 
 def test_defaults_are_the_readings_the_rule_picked():
-    """docs/paper_to_code.md, "Readings": eq. 9 std_mean, eq. 12 std_sum, eq. 22 sigma (as typeset)."""
+    """docs/paper_to_code.md, "Readings": eq. 9 std_mean, eq. 22 sigma (as typeset); eq. 12 raw (as
+    written) and alpha paper, the rule re-applied at imagined states."""
     m = make().m
-    assert (m["eq9_distance"], m["eq12_distance"], m["eq22_reading"]) == ("std_mean", "std_sum", "sigma")
+    assert (m["eq9_distance"], m["eq12_distance"], m["eq22_reading"]) == ("std_mean", "raw", "sigma")
+    assert (m["eq12_alpha"], m["alpha"]) == ("paper", 0.028)
 
 
 def test_label_distance_numpy_and_torch_agree():

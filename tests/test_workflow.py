@@ -300,7 +300,7 @@ def test_readings_target_schedules_each_reading_on_its_algorithms_and_envs_besid
     config = profile_config("paper")
     env, budget, seeds = config["ablation_env"], config["ablation_budget"], [str(s) for s in config["ablation_seeds"]]
     jobs = dry_run("readings", cwd=clone)
-    musbo_only = ["eq9_raw", "eq9_std_sum", "eq12_raw", "eq12_std_mean", "eq22_variance", "eq12_alpha_calibrated"]
+    musbo_only = ["eq9_raw", "eq9_std_sum", "eq12_std_sum", "eq12_std_mean", "eq22_variance", "eq12_alpha_calibrated"]
     expected = ({(name, env, budget, s) for name in musbo_only for s in seeds}
                 | {(name, e, budget, s) for name in ("batch_full", "batch_full/bremen") for e in ("hopper", "walker2d")
                    for s in seeds})
