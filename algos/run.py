@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import os
 import signal
 import sys
@@ -33,7 +34,7 @@ from algos.core.device import pick_device
 from algos.core.model_eval import energy_distance, trajectory_mse
 from algos.core.model_trpo import prediction_box
 from algos.core.novelty import NOVELTY_COLUMNS, novelty_rows
-from algos.core.scalars import Scalars, truncate_scalars
+from algos.core.scalars import Scalars, trimmed_scalars
 from algos.core.seeding import seed_globals, stream_seed
 from algos.rundir import (RunDir, RunError, atomic_write_bytes, atomic_write_csv, check_out_arg, check_out_name,
                           check_same_host, host_record, latest_checkpoint, log, now, save_batch, save_checkpoint,
@@ -150,24 +151,33 @@ def check_tracking(track: str | None) -> None:
                            "(or drop --track)") from None
 
 
-def open_scalars(out, done: int, track: str | None) -> Scalars:
-    """The algorithm's diagnostics, file-backed: rows of deployments the run redoes are dropped."""
+def open_scalars(out, done: int, track: str | None, rows: dict) -> Scalars:
+    """The algorithm's diagnostics, file-backed: rows of deployments the run redoes are dropped,
+    and torn or malformed rows with them. A file missing on a resume is rebuilt from the redone
+    deployments; the ones it lacks are kept in rows["scalars_lost"] (provenance.json)."""
     path = out / "scalars.csv"
     if done == 0:
         path.unlink(missing_ok=True)
+    elif path.exists():
+        text, dropped = trimmed_scalars(path.read_text(errors="replace"), done)
+        if dropped:
+            log(f"{path}: dropped {dropped} torn or malformed row(s)")
+        atomic_write_bytes(path, text.encode())
     else:
-        truncate_scalars(path, done)
+        rows["scalars_lost"] = sorted(set(rows.get("scalars_lost", [])) | set(range(1, done + 1)))
+        log(f"{path} is missing: the rows of deployments 1-{done} are lost (noted in provenance.json); "
+            f"it is rebuilt from the deployments redone")
     return Scalars(path, tensorboard_dir=out / "tensorboard" if track == "tensorboard" else None)
 
 
 def run(cfg: dict, out, *, replace_stale: bool = False, allow_different_host: bool = False,
-        track: str | None = None) -> None:
+        track: str | None = None, lock_wait: float = 0.0) -> None:
     tag = f"[{cfg['algo']} {cfg['env']} {cfg['budget']} seed{cfg['seed']}]"
     start = time.time()
     device = check_device(cfg)
     check_memory(cfg)
     check_tracking(track)
-    rundir = RunDir(out, cfg, replace_stale=replace_stale)  # refuses any other run before writing
+    rundir = RunDir(out, cfg, replace_stale=replace_stale, lock_wait=lock_wait)  # refuses any other run before writing
     if cfg["torch_threads"]:
         torch.set_num_threads(cfg["torch_threads"])
     if device.type == "cuda":  # CPU kernels are deterministic already; see docs/determinism.md
@@ -207,7 +217,7 @@ def deployment_loop(cfg, out, tag, start, device, allow_different_host, track) -
         different_host = check_same_host(previous, host, allow_different_host)
         source = f"checkpoint {path}"
         log(f"{tag} resuming after deployment {done} from {path}")
-    algo.scalars = open_scalars(out, done, track)
+    algo.scalars = open_scalars(out, done, track, rows)
 
     if done == 0:  # deployment 0: the uniform random policy that collects B(1), same protocol
         random_episodes = run_episodes(cfg["env"], None, cfg["eval_episodes"], seed=stream_seed(cfg["seed"], "eval", 0),
@@ -252,7 +262,7 @@ def deployment_loop(cfg, out, tag, start, device, allow_different_host, track) -
     provenance = {"seed": cfg["seed"], "algo": cfg["algo"], "env": cfg["env"], "budget": cfg["budget"],
                   "profile": cfg["profile"], **host, "command": sys.argv,
                   "start_time": datetime.fromtimestamp(start, timezone.utc).isoformat(), "end_time": now(),
-                  "deployments": rows["provenance"]}
+                  "deployments": rows["provenance"], "scalars_csv_lacks_deployments": rows.get("scalars_lost", [])}
     atomic_write_bytes(out / "provenance.json", json.dumps(provenance, indent=2).encode())
     atomic_write_csv(out / "eval_returns.csv", ["deployment", "episode", "return"], rows["eval"])
     atomic_write_csv(out / "model_eval.csv", ["deployment", "energy_distance", "trajectory_mse"], rows["model"])
@@ -287,6 +297,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--replace-stale", action="store_true",
                         help="(the workflow's reruns) move a run of another config in --out into "
                              "--out/stale-<hash>/ and start over")
+    parser.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
+                        help="wait at most this long for another process that holds --out's lock (the workflow: "
+                             "the job's runtime); 0 (default): refuse at once")
     parser.add_argument("--allow-different-host", action="store_true",
                         help="resume although the device or effective thread count differs (recorded)")
     parser.add_argument("--track", choices=TRACKERS, default=None,
@@ -308,13 +321,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         out = check_out_arg(args.out)
+        if not (math.isfinite(args.lock_wait) and args.lock_wait >= 0):
+            raise RunError(f"--lock-wait {args.lock_wait:g} must be a finite number of seconds >= 0")
         if args.run_config is not None:
             cfg = read_run_config(args.run_config)
         else:
             cfg = resolve_run_config(args.profile, args.algo, args.env, args.budget, args.seed, args.overrides)
         check_out_name(out, cfg["seed"])
         run(cfg, out, replace_stale=args.replace_stale, allow_different_host=args.allow_different_host,
-            track=args.track)
+            track=args.track, lock_wait=args.lock_wait)
     except (ConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

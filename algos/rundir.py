@@ -4,9 +4,11 @@
   run writes, atomically. Any other run is refused before it writes anything; with
   `replace_stale` (the workflow's reruns) the old contents are moved, never deleted, into
   `stale-<oldhash12>/` and the new run starts at deployment 1.
-- Lock: `run.lock`, held with fcntl for the life of the run; it holds the holder's pid.
+- Lock: `run.lock`, held with fcntl for the life of the run; it holds the holder's pid. A second
+  process is refused at once, or with `lock_wait` waits that many seconds for it (one line).
 - Atomic writes: a temp file unique to the process, fsync, rename; on any OSError (a full disk)
-  the temp file is removed and the error names the path.
+  the temp file is removed and the error names the path. The temp files of the run's own writes
+  that a kill left behind are removed when the run starts.
 - Checksums: batches and checkpoints are verified against the sha256 recorded at write
   (batches: in the checkpoint; checkpoints: `deployment_<i>.pt.sha256`); a bad one is never loaded.
 - Provenance: who made each deployment (commit, dirty flag, device, effective thread count,
@@ -26,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
@@ -44,6 +47,11 @@ STALE_PREFIX = "stale-"
 BATCH_KEYS = ("obs", "act", "rew", "next_obs", "terminated", "truncated", "episode_start")
 PACKAGES = ("torch", "numpy", "gymnasium", "mujoco", "dm-control", "scipy", "pandas", "snakemake")
 ROOT = Path(__file__).resolve().parent.parent
+SEED_DIR = re.compile(r"seed\d+")  # the name of a run directory in the workflow's layout
+# The files a run writes with atomic_write_bytes, per subdirectory: the temp files of these
+# (.NAME.PID.tmp, temp_path) that a killed write leaves are removed when the run starts.
+RUN_WRITES = {".": r"identity\.json|config\.yaml|provenance\.json|(eval_returns|model_eval|novelty|metrics|scalars)\.csv",
+              "batches": r"deployment_\d+\.npz", "checkpoints": r"deployment_\d+\.pt(\.sha256)?"}
 
 
 class RunError(RuntimeError):
@@ -59,7 +67,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` all or nothing. A failed write (a full disk) removes its temp file
     and raises a RunError naming `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -69,6 +77,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise RunError(write_error(path, err)) from None
+
+
+def temp_path(path: Path) -> Path:
+    """The temp file of this process's atomic write of `path`: .NAME.PID.tmp beside it."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temp_files(out: Path) -> list[Path]:
+    """Removes the temp files of the run's own writes (RUN_WRITES) that a killed process left in
+    `out`; called with the run's lock held, before it writes. Any other file is left alone."""
+    removed = []
+    for sub, names in RUN_WRITES.items():
+        folder = out / sub
+        pattern = re.compile(rf"\.({names})\.\d+\.tmp")
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if pattern.fullmatch(p.name) and p.is_file():
+                    p.unlink()
+                    removed.append(p)
+    return removed
 
 
 def write_error(path: Path, err: OSError) -> str:
@@ -248,13 +276,14 @@ def _move_aside(out: Path, old: dict) -> Path:
 
 
 class RunDir:
-    """An opened run directory: identity checked and written, lock held until `close()`."""
+    """An opened run directory: identity checked and written, lock held until `close()`. A lock
+    held by another process is waited for at most `lock_wait` seconds (0: refused at once)."""
 
-    def __init__(self, out: Path, cfg: dict, replace_stale: bool = False):
+    def __init__(self, out: Path, cfg: dict, replace_stale: bool = False, lock_wait: float = 0.0):
         self.out = Path(out)
         self.identity = identity_of(cfg)
         self._lock = None
-        self._claim(replace_stale)
+        self._claim(replace_stale, lock_wait)
 
     def _refusal(self, reason: str) -> RunError:
         return RunError(f"{self.out} holds another run ({reason}); refused before writing anything. Use another "
@@ -269,23 +298,20 @@ class RunDir:
         reason = _differences(old, self.identity) or "identity.json differs"
         if not replace_stale:
             raise self._refusal(reason)
+        if "not_a_run" in old or not SEED_DIR.fullmatch(self.out.name):
+            raise RunError(f"--replace-stale moves aside only a run directory (named seed<N>, holding identity.json "
+                           f"or a run's config.yaml) but {self.out} is not one ({reason}); refused before writing "
+                           f"anything. Give the run's own directory as --out")
         return old
 
-    def _claim(self, replace_stale: bool) -> None:
+    def _claim(self, replace_stale: bool, lock_wait: float) -> None:
         self._check(replace_stale)  # read only: a refused run writes nothing
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             lock = open(self.out / LOCK, "a+")
         except OSError as err:
             raise RunError(f"output directory {self.out} is not writable ({err.strerror}); choose another --out") from None
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            lock.close()
-            raise RunError(f"{self.out} is in use by another run (pid {holder}, lock {self.out / LOCK}); wait for it "
-                           f"to finish or use another --out") from None
+        self._take(lock, lock_wait)
         lock.seek(0)
         lock.truncate()
         lock.write(f"{os.getpid()}\n")
@@ -299,9 +325,33 @@ class RunDir:
                     f"moved it to {stale}")
             if not (self.out / IDENTITY).is_file():
                 atomic_write_bytes(self.out / IDENTITY, (json.dumps(self.identity, indent=2) + "\n").encode())
+            removed = remove_stale_temp_files(self.out)
+            if removed:
+                log(f"{self.out}: removed the temp files of killed writes: {', '.join(p.name for p in removed)}")
         except BaseException:
             self.close()
             raise
+
+    def _take(self, lock, wait: float) -> None:
+        """Takes the lock, waiting at most `wait` seconds for another process that holds it."""
+        deadline, said = time.monotonic() + wait, False
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                lock.close()
+                waited = f" after waiting {wait:g}s (--lock-wait)" if wait > 0 else ""
+                raise RunError(f"{self.out} is in use by another run (pid {holder}, lock {self.out / LOCK}){waited}; "
+                               f"wait for it to finish or use another --out")
+            if not said:
+                log(f"{self.out} is in use by another run (pid {holder}); waiting up to {wait:g}s for its lock")
+                said = True
+            time.sleep(min(0.5, left))
 
     def close(self) -> None:
         if self._lock is not None:
@@ -320,7 +370,7 @@ def check_out_name(out: Path, seed: int) -> None:
     """A directory named seed<N> (the analysis's layout) must name this run's seed canonically:
     seed00 or seed1 for seed 0 would be a second, or a wrong, directory for the run."""
     name = Path(out).name
-    if re.fullmatch(r"seed\d+", name) and name != f"seed{seed}":
+    if SEED_DIR.fullmatch(name) and name != f"seed{seed}":
         raise RunError(f"--out {out} ends in {name} but the run's seed is {seed}; name it seed{seed}")
 
 

@@ -369,6 +369,8 @@ def test_a_resume_under_another_thread_count_is_refused_unless_allowed(tmp_path)
     (["--out", ""], "--out is empty"),
     (["--out", "  "], "--out is empty"),
     (["--track", "tensorboard"], "needs the tensorboard package"),
+    (["--lock-wait", "-1"], "--lock-wait -1 must be a finite number of seconds >= 0"),
+    (["--lock-wait", "inf"], "--lock-wait inf must be a finite number of seconds >= 0"),
 ])
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, monkeypatch, capsys, args, message):
     if args[0] == "--track":  # a machine without the track extra (make setup installs it)
@@ -439,22 +441,23 @@ def test_run_config_file_runs_the_same_run_as_the_flags(tmp_path, capsys):
 
 
 def test_replace_stale_moves_the_old_run_aside_and_starts_over(tmp_path):
+    out = tmp_path / "seed3"                                  # a run directory: named seed<N>
     from algos.config import config_hash
-    assert bremen(tmp_path, kill_at="policy:2").returncode == -9
-    old = snapshot(tmp_path)
-    old_hash = json.loads((tmp_path / "identity.json").read_text())["config_hash"]
-    proc = bremen(tmp_path, "--set", "trpo.delta=0.2", "--replace-stale")
+    assert bremen(out, kill_at="policy:2").returncode == -9
+    old = snapshot(out)
+    old_hash = json.loads((out / "identity.json").read_text())["config_hash"]
+    proc = bremen(out, "--set", "trpo.delta=0.2", "--replace-stale")
     assert "resuming" not in proc.stderr
-    stale = tmp_path / f"stale-{old_hash[:12]}"
-    moved = {k[len(stale.name) + 1:]: v for k, v in snapshot(tmp_path).items() if k.startswith(stale.name + "/")}
+    stale = out / f"stale-{old_hash[:12]}"
+    moved = {k[len(stale.name) + 1:]: v for k, v in snapshot(out).items() if k.startswith(stale.name + "/")}
     assert moved == {k: v for k, v in old.items() if k != "run.lock"}    # nothing deleted
-    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["trpo"]["delta"] == 0.2
-    assert json.loads((tmp_path / "identity.json").read_text())["config_hash"] == config_hash(cfg)
-    assert pd.read_csv(tmp_path / "metrics.csv")["deployment"].tolist() == [1, 2]
+    assert json.loads((out / "identity.json").read_text())["config_hash"] == config_hash(cfg)
+    assert pd.read_csv(out / "metrics.csv")["deployment"].tolist() == [1, 2]
     # the same config again: an ordinary resume (what retries and --rerun-incomplete need)
-    (tmp_path / "metrics.csv").unlink()
-    assert "resuming after deployment 2" in bremen(tmp_path, "--set", "trpo.delta=0.2", "--replace-stale").stderr
+    (out / "metrics.csv").unlink()
+    assert "resuming after deployment 2" in bremen(out, "--set", "trpo.delta=0.2", "--replace-stale").stderr
 
 
 def test_a_full_disk_mid_run_is_one_line_naming_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
@@ -485,3 +488,69 @@ def test_track_tensorboard_mirrors_the_scalars(tmp_path, capsys):
     events.Reload()
     csv_rows = pd.read_csv(tmp_path / "scalars.csv").query("phase == 'eval' and name == 'return_mean'")
     assert [e.value for e in events.Scalars("eval/return_mean")] == pytest.approx(csv_rows["value"].tolist(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- issue 21: replace-stale, scalars.csv on resume
+def test_replace_stale_refuses_a_results_tree_in_one_line(tmp_path, capsys):
+    results = tmp_path / "RES"
+    (results / "runs" / "musbo").mkdir(parents=True)
+    (results / "notes.txt").write_text("mine")
+    before = snapshot(results)
+    err = refused(capsys, results, "--replace-stale")
+    assert "--replace-stale moves aside only a run directory" in err and str(results) in err
+    assert snapshot(results) == before and sorted(p.name for p in results.iterdir()) == ["notes.txt", "runs"]
+
+
+@pytest.mark.parametrize("damage, kept", [
+    ("2,mod", ""), ("x", ""), ("2,model,0,loss,0.5", ""),       # the last row cut by a kill (no newline)
+    ("1,model,x,loss,0.5\n1,model,0,loss,0.5\n", "1,model,0,loss,0.5\n"),   # a malformed row, then a good one
+])
+def test_torn_last_scalars_row_is_dropped_on_resume(tmp_path, damage, kept):
+    out = tmp_path / "seed3"
+    assert bremen(out, kill_at="write:0").returncode == -9    # every deployment done, killed before metrics.csv
+    intact = (out / "scalars.csv").read_bytes()
+    (out / "scalars.csv").write_bytes(intact + damage.encode())  # a row cut by the kill, or malformed rows
+    proc = bremen(out)
+    assert f"{out / 'scalars.csv'}: dropped " in proc.stderr
+    # the resume trains nothing: what is left is exactly the well-formed rows
+    assert (out / "scalars.csv").read_bytes() == intact + kept.encode()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_deleted_scalars_csv_is_noted_and_rebuilt(tmp_path):
+    out = tmp_path / "seed3"
+    assert bremen(out, kill_at="model:2").returncode == -9    # deployment 1 done
+    (out / "scalars.csv").unlink()
+    proc = bremen(out)
+    assert f"{out / 'scalars.csv'} is missing" in proc.stderr
+    scalars = pd.read_csv(out / "scalars.csv")
+    assert sorted(scalars["deployment"].unique()) == [2]      # rebuilt for the deployment redone
+    assert json.loads((out / "provenance.json").read_text())["scalars_csv_lacks_deployments"] == [1]
+    (out / "metrics.csv").unlink()                            # the note survives a later resume
+    bremen(out)
+    assert json.loads((out / "provenance.json").read_text())["scalars_csv_lacks_deployments"] == [1]
+
+
+def test_an_uninterrupted_run_notes_no_missing_scalars(reference):
+    assert json.loads((reference / "provenance.json").read_text())["scalars_csv_lacks_deployments"] == []
+
+
+def test_full_disk_during_scalars_trim_names_the_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import algos.rundir as rundir
+    out = tmp_path / "seed0"
+    assert bremen(out, seed="0", kill_at="model:2").returncode == -9
+    before = (out / "scalars.csv").read_bytes()
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the disk is full when the resume rewrites scalars.csv
+        if ".scalars.csv." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+    monkeypatch.setattr(rundir.os, "fsync", fsync)
+    code, err = main_here(capsys, *BREMEN, "--seed", "0", "--out", str(out))
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (f"error: cannot write {out / 'scalars.csv'}: No space left on device; "
+                                           f"free some space or choose another --out")
+    assert not list(out.rglob("*.tmp")) and (out / "scalars.csv").read_bytes() == before

@@ -63,19 +63,20 @@ def test_a_non_empty_directory_of_no_run_is_refused(tmp_path, cfg):
 
 
 def test_replace_stale_moves_everything_aside_and_stale_dirs_are_ignored(tmp_path, cfg):
-    RunDir(tmp_path, cfg).close()
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "x").write_text("old")
+    out = tmp_path / "seed3"                                  # a run directory: named seed<N>
+    RunDir(out, cfg).close()
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "x").write_text("old")
     old_hash = config_hash(cfg)[:12]
     new = {**cfg, "trpo": {**cfg["trpo"], "delta": 0.2}}
-    RunDir(tmp_path, new, replace_stale=True).close()
-    stale = tmp_path / f"stale-{old_hash}"
+    RunDir(out, new, replace_stale=True).close()
+    stale = out / f"stale-{old_hash}"
     assert (stale / "checkpoints" / "x").read_text() == "old"
     assert json.loads((stale / "identity.json").read_text())["config_hash"] == config_hash(cfg)
-    assert sorted(os.listdir(tmp_path)) == ["identity.json", "run.lock", f"stale-{old_hash}"]
-    RunDir(tmp_path, new).close()                            # stale-*/ does not count as another run
-    RunDir(tmp_path, cfg, replace_stale=True).close()        # back again: a second stale dir, nothing lost
-    assert (tmp_path / f"stale-{config_hash(new)[:12]}" / "identity.json").is_file() and stale.is_dir()
+    assert sorted(os.listdir(out)) == ["identity.json", "run.lock", f"stale-{old_hash}"]
+    RunDir(out, new).close()                                 # stale-*/ does not count as another run
+    RunDir(out, cfg, replace_stale=True).close()             # back again: a second stale dir, nothing lost
+    assert (out / f"stale-{config_hash(new)[:12]}" / "identity.json").is_file() and stale.is_dir()
 
 
 def test_the_lock_is_exclusive_and_names_its_holder(tmp_path, cfg):
@@ -85,6 +86,59 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path, cfg):
         RunDir(tmp_path, cfg)
     held.close()
     RunDir(tmp_path, cfg).close()                            # released: the next run may start
+
+
+def test_a_locked_run_directory_is_waited_for_then_taken(tmp_path, cfg, capsys):
+    import threading
+    held = RunDir(tmp_path, cfg)
+    threading.Timer(1.0, held.close).start()                 # the other run finishes a second later
+    RunDir(tmp_path, cfg, lock_wait=60).close()
+    assert capsys.readouterr().err == (f"{tmp_path} is in use by another run (pid {os.getpid()}); "
+                                       f"waiting up to 60s for its lock\n")   # one line, then it runs
+
+
+def test_the_lock_wait_is_bounded_and_names_the_holder(tmp_path, cfg):
+    import time
+    held = RunDir(tmp_path, cfg)
+    start = time.monotonic()
+    with pytest.raises(RunError, match=f"in use by another run \\(pid {os.getpid()}, .* after waiting 0.5s"):
+        RunDir(tmp_path, cfg, lock_wait=0.5)
+    assert 0.5 <= time.monotonic() - start < 5
+    held.close()
+
+
+def test_replace_stale_refuses_a_directory_that_is_not_a_run(tmp_path, cfg):
+    results = tmp_path / "RES"                               # a results tree: runs/ and a user's notes
+    RunDir(results / "runs" / "seed3", cfg).close()
+    (results / "notes.txt").write_text("mine")
+    not_a_run = tmp_path / "seed3"                           # named like a run, holding none
+    (not_a_run / "sub").mkdir(parents=True)
+    (not_a_run / "notes.txt").write_text("mine")
+    misnamed = tmp_path / "myrun"                            # a run of another config, not named seed<N>
+    RunDir(misnamed, {**cfg, "trpo": {**cfg["trpo"], "delta": 0.2}}).close()
+    for out in (results, not_a_run, misnamed):
+        before = files(out)
+        with pytest.raises(RunError, match="--replace-stale moves aside only a run directory .*refused before writing"):
+            RunDir(out, cfg, replace_stale=True)
+        assert files(out) == before and not list(out.glob("stale-*")), out
+
+
+def test_stale_tmp_files_of_this_run_are_removed_at_start(tmp_path, cfg):
+    out = tmp_path / "seed3"
+    RunDir(out, cfg).close()
+    own = [".metrics.csv.123.tmp", ".config.yaml.9.tmp", ".scalars.csv.77.tmp", "checkpoints/.deployment_2.pt.456.tmp",
+           "checkpoints/.deployment_2.pt.sha256.456.tmp", "batches/.deployment_1.npz.9.tmp"]
+    others = [".notes.txt.123.tmp", "notes.tmp", ".metrics.csv.tmp", "checkpoints/.mine.1.tmp",
+              "stale-0123456789ab/.metrics.csv.5.tmp", "tensorboard/.deployment_1.npz.9.tmp"]
+    for name in own + others:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"x" * 1000)                # a killed write's remains
+    with pytest.raises(RunError, match="seed: 3 there, 4 here"):
+        RunDir(out, {**cfg, "seed": 4})                      # a refused run removes nothing either
+    assert all((out / name).exists() for name in own)
+    RunDir(out, cfg).close()
+    assert [name for name in own if (out / name).exists()] == []
+    assert all((out / name).exists() for name in others)
 
 
 def test_temp_files_are_unique_per_process(tmp_path, monkeypatch):

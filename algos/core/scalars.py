@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -86,18 +85,35 @@ class Scalars:
             self._tb = None
 
 
-def truncate_scalars(path: Path, through_deployment: int) -> None:
-    """Keep only the rows of deployments <= through_deployment (a resumed run redoes the rest),
-    rewriting the file atomically. A missing file stays missing."""
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["deployment"]) <= through_deployment]
+def trimmed_scalars(text: str, through_deployment: int) -> tuple[str, int]:
+    """The text of scalars.csv keeping the rows of deployments <= through_deployment (a resumed
+    run redoes the rest), and the number of torn or malformed rows dropped: a last line without its
+    newline (a write cut by a kill), a row without five fields, or one whose deployment, step or
+    value is not a number. The kept rows are copied as they were."""
+    lines = text.splitlines(keepends=True)
+    dropped = 0
+    if lines and not lines[-1].endswith("\n"):
+        lines, dropped = lines[:-1], 1
+    kept = []
+    for fields in csv.reader(lines):
+        if fields == list(COLUMNS):
+            continue
+        deployment = _deployment_of(fields)
+        if deployment is None:
+            dropped += 1
+        elif deployment <= through_deployment:
+            kept.append(fields)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerows([COLUMNS, *kept])
+    return buf.getvalue(), dropped
+
+
+def _deployment_of(fields: list[str]) -> int | None:
+    """The deployment of a well-formed row (deployment, phase, step, name, value), else None."""
+    try:
+        deployment, phase, step, name, value = fields
+        int(step), float(value)
+        return int(deployment) if phase and name else None
+    except ValueError:
+        return None
