@@ -9,6 +9,11 @@
 # <run>/stale-<hash>/ and starts at deployment 1; the same config resumes after the last
 # finished deployment. Only the run's result files are declared outputs, as update(): its
 # checkpoints/ and batches/ (and its old results) are never deleted by Snakemake.
+# A job whose run directory is locked by another process (a second workflow on the same results
+# tree) waits for it at most the job's runtime (--lock-wait; a resource, not a param, so that
+# editing runtime_min reruns nothing), then resumes: a run the other one finished trains nothing.
+# The profiles' keep-incomplete keeps a failed job's Snakemake from deleting result files, which
+# may be another workflow's finished run.
 
 
 for run_kind, run_rule, run_wildcard in (
@@ -39,7 +44,8 @@ for run_kind, run_rule, run_wildcard in (
         conda:
             "../environment.yml"
         shell:
-            "python -m algos.run --run-config {input.run_config} --out {params.out} --replace-stale > {log} 2>&1"
+            "python -m algos.run --run-config {input.run_config} --out {params.out} --replace-stale"
+            " --lock-wait $((60 * {resources.runtime})) > {log} 2>&1"
 
 
 if not RESOLVE_NOW:

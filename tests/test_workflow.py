@@ -428,6 +428,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--run-config", required=True)
 p.add_argument("--out", required=True)
 p.add_argument("--replace-stale", action="store_true")
+p.add_argument("--lock-wait", type=float, required=True)
 a = p.parse_args()
 text = pathlib.Path(a.run_config).read_text()
 cfg = yaml.safe_load(text)
@@ -577,6 +578,125 @@ def test_killing_snakemake_and_a_job_then_rerunning_completes_without_redoing_fi
         assert attempts in (["fresh"], ["fresh", "nothing-to-train"]), f"{run} trained again: {attempts}"
     assert len(list(runs.glob("*/*/*/*/metrics.csv"))) == 30
     assert (runs / hanging / "attempts.txt").read_text().split() == ["fresh", "resumed"]
+
+
+# ------------------------------------------------------------------ two workflows, one results tree
+STUB_LOCKED_RUN = '''
+"""The real run CLI (algos/real_run.py here: identity, run.lock, --lock-wait) around a stand-in
+deployment loop that the test steers with files named in environment variables."""
+import os, sys, time
+from pathlib import Path
+import yaml
+import algos.real_run as real
+from algos.rundir import atomic_write_bytes
+
+
+def wait_for(variable):
+    while os.environ.get(variable) and not Path(os.environ[variable]).exists():
+        time.sleep(0.05)
+
+
+def deployment_loop(cfg, out, *args, **kwargs):
+    done = out / "checkpoints" / "done"  # as the last deployment's checkpoint: a rerun trains nothing
+    with open(out / "attempts.txt", "a") as f:
+        f.write(("nothing-to-train" if done.exists() else "trained") + "\\n")
+    if not done.exists():
+        wait_for("STUB_BEFORE_CONFIG")
+    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(cfg).encode())
+    if not done.exists():
+        wait_for("STUB_TRAIN_UNTIL")
+        done.parent.mkdir(exist_ok=True)
+        done.touch()
+    for name in ("provenance.json", "eval_returns.csv", "model_eval.csv", "metrics.csv"):
+        atomic_write_bytes(out / name, b"deployment\\n1\\n")
+
+
+real.deployment_loop = deployment_loop
+if os.environ.get("STUB_JOB_STARTED"):
+    Path(os.environ["STUB_JOB_STARTED"]).touch()
+wait_for("STUB_JOB_AFTER")
+sys.exit(real.main())
+'''
+SHARED_RUN = "results/smoke/runs/musbo/hopper/250k/seed0"
+
+
+@pytest.fixture
+def two_checkouts(tmp_path):
+    """Two clones whose results/smoke is one directory (a symlink in each), each job the real run
+    CLI around a stand-in loop (STUB_LOCKED_RUN)."""
+    first = fresh_clone(tmp_path / "first")
+    second = tmp_path / "second"
+    git("clone", "-q", str(first), str(second), cwd=tmp_path)
+    (tmp_path / "shared").mkdir()
+    for repo in (first, second):
+        (repo / "algos" / "real_run.py").write_text((repo / "algos" / "run.py").read_text())
+        (repo / "algos" / "run.py").write_text(STUB_LOCKED_RUN)
+        (repo / "results" / "smoke").symlink_to(tmp_path / "shared")
+    yield first, second, tmp_path / "shared" / SHARED_RUN.split("results/smoke/")[1]
+
+
+def start_workflow(repo: Path, env: dict, resources: str = "{retries: 0}") -> subprocess.Popen:
+    """The issue's command, `snakemake --cores 1 <run>/metrics.csv` on the smoke profile, in the background."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return subprocess.Popen([sys.executable, "-m", "snakemake", f"{SHARED_RUN}/metrics.csv", "--cores", "1", SMOKE,
+                             "--config", f"resources={resources}"], cwd=repo, stdout=open(repo / "snakemake.out", "w"),
+                            stderr=subprocess.STDOUT, env={**os.environ, "PATH": path, **env}, start_new_session=True)
+
+
+def wait_until(condition, what: str, procs, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail(f"never saw {what}")
+        time.sleep(0.1)
+
+
+def finish(proc: subprocess.Popen) -> int:
+    try:
+        return proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_two_workflows_on_one_results_tree_keep_the_finished_run(two_checkouts, tmp_path):
+    first, second, run = two_checkouts
+    release = tmp_path / "release"
+    a = start_workflow(first, {"STUB_TRAIN_UNTIL": str(release)})
+    wait_until(lambda: (run / "config.yaml").exists(), "the first workflow's run training", [a])
+    b = start_workflow(second, {})
+    job_log = second / "logs/smoke/runs/musbo/hopper/250k/seed0.log"
+    wait_until(lambda: job_log.exists() and "waiting up to" in job_log.read_text(),
+               "the second workflow's job waiting for the lock", [a, b])
+    release.touch()                                          # the first run finishes; the second job takes over
+    assert finish(a) == 0, (first / "snakemake.out").read_text()
+    assert finish(b) == 0, (second / "snakemake.out").read_text()
+    assert all((run / name).is_file() for name in RUN_FILES)
+    assert (run / "attempts.txt").read_text().split() == ["trained", "nothing-to-train"]
+    assert len(job_log.read_text().splitlines()) == 1        # one line while it waited
+
+
+def test_a_job_refused_by_another_workflows_lock_leaves_its_run_untouched(two_checkouts, tmp_path):
+    # The issue's race: the second job starts before the live run writes config.yaml and is refused
+    # after it (no wait: runtime_min 0); its Snakemake then deleted that config.yaml, and the first
+    # Snakemake, missing it, deleted the finished results.
+    first, second, run = two_checkouts
+    second_job, release = tmp_path / "second_job_started", tmp_path / "release"
+    a = start_workflow(first, {"STUB_BEFORE_CONFIG": str(second_job), "STUB_TRAIN_UNTIL": str(release)})
+    wait_until(lambda: (run / "attempts.txt").exists(), "the first workflow's run holding its lock", [a])
+    b = start_workflow(second, {"STUB_JOB_STARTED": str(second_job), "STUB_JOB_AFTER": str(run / "config.yaml")},
+                       resources="{retries: 0, runtime_min: {hopper: 0}}")
+    assert finish(b) == 1
+    error = (second / "logs/smoke/runs/musbo/hopper/250k/seed0.log").read_text()
+    assert error.startswith("error: ") and "is in use by another run (pid" in error and len(error.splitlines()) == 1
+    assert (run / "config.yaml").is_file(), "the refused job's Snakemake deleted the live run's file"
+    release.touch()
+    assert finish(a) == 0, (first / "snakemake.out").read_text()
+    assert all((run / name).is_file() for name in RUN_FILES)
+    assert (run / "attempts.txt").read_text().split() == ["trained"]
 
 
 # ------------------------------------------------------------------ the real thing
