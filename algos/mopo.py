@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import envs
+from algos.core import preempt
 from algos.core.dataset import DeploymentDataset
 from algos.core.ensemble import DynamicsEnsemble, Prediction
 from algos.core.sac import SAC, ReplayBuffer, TanhGaussianActor, mixed_batch
@@ -178,7 +179,19 @@ class MOPO:
             termination = lambda s, a, s2: envs.mopo_termination(self.env_name, s, a, s2)  # noqa: E731
             penalties, lengths, losses = [], [], {}
             interval, interval_steps = {}, 0
-            for step in range(m["sac_steps"]):
+
+            def progress(step: int) -> dict:  # what the loop needs to go on at `step`
+                return {"step": step, "penalties": list(penalties), "lengths": list(lengths), "losses": dict(losses),
+                        "interval": dict(interval), "interval_steps": interval_steps,
+                        "model_data": model_data.state_dict()}
+            loop = preempt.loop("sac", "step", gen)  # a stop saves the step (algos/core/preempt.py)
+            saved = loop.result if loop.finished else loop.saved
+            if saved is not None:
+                penalties, lengths, losses = saved["penalties"], saved["lengths"], saved["losses"]
+                interval, interval_steps = saved["interval"], saved["interval_steps"]
+                model_data.load_state_dict(saved["model_data"])
+            for step in range(0 if saved is None else saved["step"], m["sac_steps"]):
+                loop.poll(step, lambda: progress(step))
                 if step % m["rollout_every"] == 0:  # l.4-5: b start states drawn from D_env
                     pick = torch.randint(len(starts), (m["rollout_batch"],), generator=gen, device=gen.device)
                     rollout = model_rollout(self.model, self.sac.actor, starts[pick.to(self.device)], m["horizon"],
@@ -203,6 +216,8 @@ class MOPO:
                 interval_steps += 1
             if interval:
                 self.scalars.add_many("sac", {k: v / interval_steps for k, v in interval.items()}, m["sac_steps"])
+            interval, interval_steps = {}, 0
+            loop.done(progress(m["sac_steps"]))
 
         self.stats = {"model_epochs": fit["epochs"], "model_best_val": fit["best_val"], "elites": fit["elites"],
                       "mean_penalty": float(np.mean(penalties)) if penalties else float("nan"),

@@ -29,15 +29,18 @@ import torch
 import yaml
 
 from algos.config import ALGOS, BUDGETS, ConfigError, read_run_config, resolve_run_config
+from algos.core import preempt
 from algos.core.dataset import DeploymentDataset
 from algos.core.device import pick_device
 from algos.core.model_eval import energy_distance, trajectory_mse
 from algos.core.model_trpo import prediction_box
 from algos.core.novelty import NOVELTY_COLUMNS, novelty_rows
+from algos.core.rollouts import engine_fallback
 from algos.core.scalars import Scalars, trimmed_scalars
 from algos.core.seeding import seed_globals, stream_seed
 from algos.rundir import (RunDir, RunError, atomic_write_bytes, atomic_write_csv, check_out_arg, check_out_name,
-                          check_same_host, host_record, latest_checkpoint, log, now, save_batch, save_checkpoint,
+                          check_same_host, host_record, latest_checkpoint, log, mid_checkpoint, now, save_batch,
+                          save_checkpoint, save_mid_checkpoint,
                           write_error)
 from envs import ENV_NAMES, ENV_SPECS
 from envs.collector import collect, run_episodes
@@ -57,6 +60,14 @@ class PhaseTimer:
 
     def __init__(self, tag: str, start: float, source: str = "no checkpoint (started at deployment 1)"):
         self.tag, self.start, self.source, self.seconds, self.deployment = tag, start, source, {}, 0
+        self.phase, self.phase_start = "start", None
+
+    def elapsed(self) -> dict:
+        """The seconds of each phase so far, the one in progress included."""
+        seconds = dict(self.seconds)
+        if self.phase_start is not None:
+            seconds[self.phase] += time.perf_counter() - self.phase_start
+        return seconds
 
     def reset(self, deployment: int) -> None:
         self.deployment, self.seconds = deployment, {p: 0.0 for p in PHASES}
@@ -66,12 +77,16 @@ class PhaseTimer:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; phases are {PHASES}")
         maybe_kill_for_test(f"{phase}:{self.deployment}")
-        t0 = time.perf_counter()
+        self.phase = phase
+        preempt.signal_for_test(f"{phase}:{self.deployment}")
+        t0 = self.phase_start = time.perf_counter()
         try:
             yield
         except FloatingPointError as err:
             raise RunError(f"{self.tag}: non-finite value in phase={phase} deployment={self.deployment}, "
                            f"state from {self.source}: {err}") from err
+        finally:
+            self.phase_start = None
         dt = time.perf_counter() - t0
         self.seconds[phase] += dt
         log(f"{self.tag} deployment {self.deployment}: {phase} {dt:.1f}s (elapsed {time.time() - self.start:.0f}s)")
@@ -151,27 +166,29 @@ def check_tracking(track: str | None) -> None:
                            "(or drop --track)") from None
 
 
-def open_scalars(out, done: int, track: str | None, rows: dict) -> Scalars:
+def open_scalars(out, done: int, track: str | None, rows: dict, next_rows: int = 0) -> Scalars:
     """The algorithm's diagnostics, file-backed: rows of deployments the run redoes are dropped,
     and torn or malformed rows with them. A file missing on a resume is rebuilt from the redone
-    deployments; the ones it lacks are kept in rows["scalars_lost"] (provenance.json)."""
+    deployments; the ones it lacks are kept in rows["scalars_lost"] (provenance.json). next_rows:
+    the rows of deployment done + 1 written before the mid-phase checkpoint the run resumes from."""
     path = out / "scalars.csv"
-    if done == 0:
+    if done == 0 and next_rows == 0:
         path.unlink(missing_ok=True)
     elif path.exists():
-        text, dropped = trimmed_scalars(path.read_text(errors="replace"), done)
+        text, dropped = trimmed_scalars(path.read_text(errors="replace"), done, next_rows)
         if dropped:
             log(f"{path}: dropped {dropped} torn or malformed row(s)")
         atomic_write_bytes(path, text.encode())
     else:
-        rows["scalars_lost"] = sorted(set(rows.get("scalars_lost", [])) | set(range(1, done + 1)))
+        rows["scalars_lost"] = sorted(set(rows.get("scalars_lost", [])) | set(range(1, done + 1 + (next_rows > 0))))
         log(f"{path} is missing: the rows of deployments 1-{done} are lost (noted in provenance.json); "
             f"it is rebuilt from the deployments redone")
     return Scalars(path, tensorboard_dir=out / "tensorboard" if track == "tensorboard" else None)
 
 
 def run(cfg: dict, out, *, replace_stale: bool = False, allow_different_host: bool = False,
-        track: str | None = None, lock_wait: float = 0.0) -> None:
+        track: str | None = None, lock_wait: float = 0.0, checkpoint_every_min: float = 0.0,
+        stop_after_min: float = 0.0) -> None:
     tag = f"[{cfg['algo']} {cfg['env']} {cfg['budget']} seed{cfg['seed']}]"
     start = time.time()
     device = check_device(cfg)
@@ -183,15 +200,21 @@ def run(cfg: dict, out, *, replace_stale: bool = False, allow_different_host: bo
     if device.type == "cuda":  # CPU kernels are deterministic already; see docs/determinism.md
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+    session = preempt.Session(every_min=checkpoint_every_min, stop_after_min=stop_after_min)
     try:
-        deployment_loop(cfg, rundir.out, tag, start, device, allow_different_host, track)
+        with preempt.installed(session):  # SIGUSR1, SIGTERM: see algos/core/preempt.py
+            deployment_loop(cfg, rundir.out, tag, start, device, allow_different_host, track, session)
     finally:
         rundir.close()
 
 
-def deployment_loop(cfg, out, tag, start, device, allow_different_host, track) -> None:
+def deployment_loop(cfg, out, tag, start, device, allow_different_host, track,
+                    session: preempt.Session | None = None) -> None:
     """The setting's procedure, from the newest verified checkpoint on: per deployment collect
-    B(i), train offline on B(1..i), evaluate, checkpoint; then the result files."""
+    B(i), train offline on B(1..i), evaluate, checkpoint; then the result files. A mid-phase
+    checkpoint of the next deployment (`session`, algos/core/preempt.py) is resumed inside its
+    phase: its batch and labels are loaded, its training goes on where it stopped."""
+    session = session or preempt.Session()
     (out / "batches").mkdir(exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     atomic_write_bytes(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
@@ -201,43 +224,68 @@ def deployment_loop(cfg, out, tag, start, device, allow_different_host, track) -
     spec = ENV_SPECS[cfg["env"]]
     dataset = DeploymentDataset(spec.obs_dim, spec.act_dim)
     path, state, batches = latest_checkpoint(out, cfg)
+    mid_path, mid, mid_batches = mid_checkpoint(out, cfg, (state or {}).get("deployment", 0) + 1)
+    if mid is not None:  # stopped inside the next deployment: its mid-phase checkpoint supersedes the last one
+        path, state, batches = mid_path, mid, mid_batches
     done = 0
     rows = {"metrics": [], "eval": [], "model": [], "provenance": []}
     shas: list[str] = []
     source = "no checkpoint (started at deployment 1)"
     host = host_record(device)
-    different_host = False
+    different_host, resumed_inside = False, None
     if state is not None:
         algo.load_state_dict(state["algo"])
         for batch, labels in zip(batches, state["labels"]):
             dataset.add(batch, labels.numpy())
         done, rows, shas = state["deployment"], json.loads(state["rows"]), list(state["batch_sha256"])
+        if mid:  # the deployment in progress at the stop, and where inside it
+            loop = mid["loop"]
+            done, resumed_inside = done - 1, f"{mid['phase']}: {loop['name']} {loop['unit']} {loop['step']}"
         rows.setdefault("provenance", [])
-        previous = rows["provenance"][-1] if rows["provenance"] else None
+        previous = mid["host"] if mid else rows["provenance"][-1] if rows["provenance"] else None
         different_host = check_same_host(previous, host, allow_different_host)
         source = f"checkpoint {path}"
-        log(f"{tag} resuming after deployment {done} from {path}")
-    algo.scalars = open_scalars(out, done, track, rows)
+        log(f"{tag} resuming after deployment {done} from {path}" if mid is None else
+            f"{tag} resuming inside deployment {done + 1} ({resumed_inside}) from {path}")
+    algo.scalars = open_scalars(out, done, track, rows, next_rows=mid["scalars_rows"] if mid else 0)
 
-    if done == 0:  # deployment 0: the uniform random policy that collects B(1), same protocol
+    def run_state(deployment: int) -> dict:  # what a checkpoint holds: the run after `deployment` (or inside it)
+        return {"deployment": deployment, "algo": algo.state_dict(), "rows": json.dumps(rows),
+                "batch_sha256": list(shas), "labels": [torch.as_tensor(l) for l in dataset.labels],
+                "config": json.dumps(cfg, sort_keys=True)}
+
+    def save_inside(record: dict) -> Path:  # the session's mid-phase checkpoint of the deployment in progress
+        return save_mid_checkpoint(out, timer.deployment, {
+            **run_state(timer.deployment), "phase": timer.phase, "loop": record, "seconds": timer.elapsed(),
+            "scalars_rows": algo.scalars.deployment_rows, "started": started, "host": host})
+
+    if done == 0 and mid is None:  # deployment 0: the uniform random policy that collects B(1), same protocol
         random_episodes = run_episodes(cfg["env"], None, cfg["eval_episodes"], seed=stream_seed(cfg["seed"], "eval", 0),
                                        max_episode_steps=cfg["max_episode_steps"])
         rows["eval"] += [{"deployment": 0, "episode": k, "return": ep["ret"]} for k, ep in enumerate(random_episodes)]
     timer = PhaseTimer(tag, start, source)
+    session.save, session.where = save_inside, lambda: (timer.deployment, timer.phase)
     for deployment in range(done + 1, cfg["deployments"] + 1):
         timer.reset(deployment)
         algo.scalars.set_deployment(deployment)
         started = now()
         seed_globals(cfg["seed"], "deployment", deployment)
-        with timer("collect"):
-            batch = collect(cfg["env"], cfg["batch_size"], algo.collection_policy(deployment),
-                            seed=stream_seed(cfg["seed"], "collect", deployment),
-                            max_episode_steps=cfg["max_episode_steps"], progress=sys.stderr.isatty())
-            shas.append(save_batch(out / "batches" / f"deployment_{deployment}.npz", batch))
-        label_batch = getattr(algo, "label_batch", None)  # MUSBO's eq. 9, fixed on arrival
-        with timer("labeler"):
-            dataset.add(batch, label_batch(batch, deployment) if label_batch else None)
-        algo.train(dataset, deployment, timer)
+        if mid is None:
+            with timer("collect"):
+                batch = collect(cfg["env"], cfg["batch_size"], algo.collection_policy(deployment),
+                                seed=stream_seed(cfg["seed"], "collect", deployment),
+                                max_episode_steps=cfg["max_episode_steps"], progress=sys.stderr.isatty())
+                shas.append(save_batch(out / "batches" / f"deployment_{deployment}.npz", batch))
+            label_batch = getattr(algo, "label_batch", None)  # MUSBO's eq. 9, fixed on arrival
+            with timer("labeler"):
+                dataset.add(batch, label_batch(batch, deployment) if label_batch else None)
+        else:  # resuming inside this deployment: B(i) and its labels came with the mid-phase checkpoint
+            started, timer.seconds = mid["started"], dict(mid["seconds"])
+            algo.scalars.deployment_rows = mid["scalars_rows"]
+        session.start_deployment(deployment, mid and mid["loop"], restore=lambda m=mid: algo.load_state_dict(m["algo"]))
+        mid = None
+        with session.training():
+            algo.train(dataset, deployment, timer)
         with timer("eval"):
             data = dataset.all()
             episodes, model_row = evaluate(cfg, algo, deployment, prediction_box(cfg["model_eval_box"], data))
@@ -251,12 +299,13 @@ def deployment_loop(cfg, out, tag, start, device, allow_different_host, track) -
         algo.scalars.add_many("eval", {"return_mean": returns.mean(), "return_std": returns.std(), **{
             k: model_row[k] for k in ("energy_distance", "trajectory_mse")}})
         rows["provenance"].append({"deployment": deployment, **host, "resumed_on_different_host": different_host,
+                                   "resumed_inside": resumed_inside, "rollout_engine_fallback": engine_fallback(),
                                    "start_time": started, "end_time": now()})
+        resumed_inside = None
         log(f"{tag} deployment {deployment}/{cfg['deployments']}: eval return {returns.mean():.1f} "
             f"± {returns.std():.1f}, model energy distance {model_row['energy_distance']:.3f}")
-        save_checkpoint(out, deployment, {"deployment": deployment, "algo": algo.state_dict(), "rows": json.dumps(rows),
-                                          "batch_sha256": shas, "labels": [torch.as_tensor(l) for l in dataset.labels],
-                                          "config": json.dumps(cfg, sort_keys=True)})
+        save_checkpoint(out, deployment, run_state(deployment))
+        session.checkpointed(stop=deployment < cfg["deployments"])  # a stop asked for meanwhile stops here
     algo.scalars.close()
 
     provenance = {"seed": cfg["seed"], "algo": cfg["algo"], "env": cfg["env"], "budget": cfg["budget"],
@@ -304,6 +353,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="resume although the device or effective thread count differs (recorded)")
     parser.add_argument("--track", choices=TRACKERS, default=None,
                         help="mirror scalars.csv to TensorBoard in --out/tensorboard (needs the track extra)")
+    parser.add_argument("--checkpoint-every-min", type=float, default=0.0, metavar="MINUTES",
+                        help="also checkpoint inside a phase this often and go on (0, default: only on SIGUSR1, "
+                             "SIGTERM and after each deployment)")
+    parser.add_argument("--stop-after-min", type=float, default=0.0, metavar="MINUTES",
+                        help=f"after this long, checkpoint inside the phase and exit {preempt.EXIT_STOPPED} as on "
+                             f"SIGUSR1 (a job under a time limit; 0, default: never)")
     args = parser.parse_args(argv)
     manual = ("algo", "env", "budget", "seed", "profile")
     if args.run_config is not None:
@@ -323,14 +378,22 @@ def main(argv=None) -> int:
         out = check_out_arg(args.out)
         if not (math.isfinite(args.lock_wait) and args.lock_wait >= 0):
             raise RunError(f"--lock-wait {args.lock_wait:g} must be a finite number of seconds >= 0")
+        for flag in ("checkpoint_every_min", "stop_after_min"):
+            if not (math.isfinite(getattr(args, flag)) and getattr(args, flag) >= 0):
+                raise RunError(f"--{flag.replace('_', '-')} {getattr(args, flag):g} must be a finite number of "
+                               f"minutes >= 0 (0: off)")
         if args.run_config is not None:
             cfg = read_run_config(args.run_config)
         else:
             cfg = resolve_run_config(args.profile, args.algo, args.env, args.budget, args.seed, args.overrides)
         check_out_name(out, cfg["seed"])
         run(cfg, out, replace_stale=args.replace_stale, allow_different_host=args.allow_different_host,
-            track=args.track, lock_wait=args.lock_wait)
-    except (ConfigError, RunError) as err:
+            track=args.track, lock_wait=args.lock_wait, checkpoint_every_min=args.checkpoint_every_min,
+            stop_after_min=args.stop_after_min)
+    except preempt.Stopped as stop:  # its state is saved: rerunning the same command resumes
+        print(stop, file=sys.stderr)
+        return preempt.EXIT_STOPPED
+    except (ConfigError, RunError, preempt.ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. a full disk while appending scalars.csv (atomic writes say so themselves)

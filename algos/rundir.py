@@ -51,7 +51,7 @@ SEED_DIR = re.compile(r"seed\d+")  # the name of a run directory in the workflow
 # The files a run writes with atomic_write_bytes, per subdirectory: the temp files of these
 # (.NAME.PID.tmp, temp_path) that a killed write leaves are removed when the run starts.
 RUN_WRITES = {".": r"identity\.json|config\.yaml|provenance\.json|(eval_returns|model_eval|novelty|metrics|scalars)\.csv",
-              "batches": r"deployment_\d+\.npz", "checkpoints": r"deployment_\d+\.pt(\.sha256)?"}
+              "batches": r"deployment_\d+\.npz", "checkpoints": r"(mid_)?deployment_\d+\.pt(\.sha256)?"}
 
 
 class RunError(RuntimeError):
@@ -146,16 +146,35 @@ def checkpoint_path(out: Path, deployment: int) -> Path:
 
 
 def save_checkpoint(out: Path, deployment: int, state: dict) -> None:
-    """The checkpoint, then its sha256 beside it; the two newest are kept."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
-    path = checkpoint_path(out, deployment)
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(path.with_name(path.name + ".sha256"), sha256(data).encode())
+    """The checkpoint, then its sha256 beside it; the two newest are kept, and the mid-phase
+    checkpoints of this deployment and earlier ones are dropped."""
+    _save_verified(checkpoint_path(out, deployment), state)
     for old in (out / "checkpoints").glob("deployment_*.pt*"):
         if int(old.name.split(".")[0].split("_")[1]) < deployment - 1:
             old.unlink()
+    for old in (out / "checkpoints").glob("mid_deployment_*.pt*"):
+        if int(old.name.split(".")[0].split("_")[2]) <= deployment:
+            old.unlink()
+
+
+def _save_verified(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path.with_name(path.name + ".sha256"), sha256(data).encode())
+
+
+def mid_checkpoint_path(out: Path, deployment: int) -> Path:
+    """The checkpoint written inside a phase of `deployment` (algos/core/preempt.py)."""
+    return out / "checkpoints" / f"mid_deployment_{deployment}.pt"
+
+
+def save_mid_checkpoint(out: Path, deployment: int, state: dict) -> Path:
+    """A mid-phase checkpoint, verified like the others (its sha256 beside it); returns its path."""
+    path = mid_checkpoint_path(out, deployment)
+    _save_verified(path, state)
+    return path
 
 
 def _checkpoints_newest_first(out: Path) -> list[Path]:
@@ -188,19 +207,40 @@ def latest_checkpoint(out: Path, cfg: dict):
     """(path, state, batches) of the newest checkpoint that verifies and whose batches all match
     their checksums; (None, None, []) when there is none."""
     for path in _checkpoints_newest_first(out):
-        state = read_checkpoint(path)
-        if state is None:
+        found = _verified(out, path, cfg)
+        if found is None:
             log("falling back to the previous deployment's checkpoint")
             continue
-        if state.get("config") != json.dumps(cfg, sort_keys=True):  # the identity makes this unreachable
-            raise RunError(f"{path} was written with a different configuration; use another --out")
-        batches = [load_batch(out / "batches" / f"deployment_{i + 1}.npz", digest)
-                   for i, digest in enumerate(state["batch_sha256"])]
-        if any(b is None for b in batches):
-            log(f"a batch of {path.name} is missing or corrupted; redoing from an earlier deployment")
-            continue
-        return path, state, batches
+        return path, *found
     return None, None, []
+
+
+def mid_checkpoint(out: Path, cfg: dict, deployment: int):
+    """(path, state, batches) of the mid-phase checkpoint of `deployment` if there is one that
+    verifies like a deployment checkpoint (itself and its batches); else (None, None, [])."""
+    path = mid_checkpoint_path(out, deployment)
+    found = _verified(out, path, cfg) if path.is_file() else None
+    if found is None:
+        if path.is_file():
+            log(f"redoing deployment {deployment} from its start")
+        return None, None, []
+    return path, *found
+
+
+def _verified(out: Path, path: Path, cfg: dict) -> tuple[dict, list] | None:
+    """(state, batches) of a checkpoint that matches its sha256 and whose batches match theirs;
+    None (with a message naming what is wrong) otherwise."""
+    state = read_checkpoint(path)
+    if state is None:
+        return None
+    if state.get("config") != json.dumps(cfg, sort_keys=True):  # the identity makes this unreachable
+        raise RunError(f"{path} was written with a different configuration; use another --out")
+    batches = [load_batch(out / "batches" / f"deployment_{i + 1}.npz", digest)
+               for i, digest in enumerate(state["batch_sha256"])]
+    if any(b is None for b in batches):
+        log(f"a batch of {path.name} is missing or corrupted")
+        return None
+    return state, batches
 
 
 # ---------------------------------------------------------------- identity

@@ -32,7 +32,7 @@ validate(config, "../config/schema.yaml")
 # `--config` passes strings (`--config 'seeds=[0,1]'` gives ["0", "1"]); the schema accepts
 # strings of digits where a whole number goes, and here they become integers.
 _WHOLE_NUMBERS = ("seeds", "ablation_seeds", "resources.threads", "resources.gpu", "resources.mem_mb",
-                  "resources.retries", "resources.runtime_min")
+                  "resources.retries", "resources.runtime_min", "resources.max_runtime_min")
 
 
 def _to_int(value):
@@ -167,6 +167,47 @@ def variant_algo(kind, name):
 ANALYSIS_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 60}
 
 
+# ------------------------------------------------------------------ time limits (issue 21)
+# resources.max_runtime_min caps a training job's runtime (SLURM --time) at what a partition allows:
+# a longer run becomes several jobs. Each stops itself stop_margin_min before its limit, inside the
+# phase it is in (mid-phase checkpoint, exit 75: algos/core/preempt.py), and the retry resumes there.
+def _time_limits():
+    """(cap, margin, every) of the config; `--config` gives the minutes as strings (the schema's pattern)."""
+    res = config["resources"]
+    cap, margin = res.get("max_runtime_min", 0), float(res.get("stop_margin_min", 10))
+    short = min(res["runtime_min"].values())
+    if cap and not 0 < margin < min(cap, short):
+        raise WorkflowError(f"config: resources.stop_margin_min={margin:g} must be above 0 and below every training "
+                            f"job's runtime (resources.max_runtime_min={cap}, the shortest runtime_min {short}); "
+                            f"lower it")
+    return cap, margin, float(res.get("checkpoint_every_min", 0))
+
+
+MAX_RUNTIME_MIN, STOP_MARGIN_MIN, CHECKPOINT_EVERY_MIN = _time_limits()
+
+
+def job_runtime_min(env):
+    """A training job's runtime: the env's runtime_min, at most resources.max_runtime_min."""
+    runtime = config["resources"]["runtime_min"][env]
+    return min(runtime, MAX_RUNTIME_MIN) if MAX_RUNTIME_MIN else runtime
+
+
+def stop_after_min(env):
+    """When the run stops itself (--stop-after-min): stop_margin_min before its job's runtime under
+    a cap, never ("0") without one."""
+    return f"{job_runtime_min(env) - STOP_MARGIN_MIN:g}" if MAX_RUNTIME_MIN else "0"
+
+
+def training_retries():
+    """resources.retries, plus the further jobs the longest capped run needs (one per stretch of
+    max_runtime_min - stop_margin_min)."""
+    stretches = 1
+    if MAX_RUNTIME_MIN:
+        stretches = max(-(-runtime // (MAX_RUNTIME_MIN - STOP_MARGIN_MIN)) for runtime in
+                        config["resources"]["runtime_min"].values())
+    return config["resources"]["retries"] + int(stretches) - 1
+
+
 def _one_of(names):
     return "|".join(re.escape(name) for name in sorted(set(names))) or "(?!)"  # none: matches nothing
 
@@ -209,7 +250,6 @@ def variant_run_keys(kind):
         for name, env in where
         for seed in config["ablation_seeds"]
     ]
-
 
 
 def target_run_keys(target):

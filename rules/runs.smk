@@ -12,6 +12,10 @@
 # A job whose run directory is locked by another process (a second workflow on the same results
 # tree) waits for it at most the job's runtime (--lock-wait; a resource, not a param, so that
 # editing runtime_min reruns nothing), then resumes: a run the other one finished trains nothing.
+# Time limits (rules/common.smk): a job's runtime is capped at resources.max_runtime_min, the run
+# stops itself before it (--stop-after-min, exit 75) and the retry resumes inside the phase; it
+# also checkpoints every resources.checkpoint_every_min. `exec`: SIGTERM (SLURM's, at the limit)
+# reaches the run itself, which saves at its next poll (Snakemake waits for it).
 # The profiles' keep-incomplete keeps a failed job's Snakemake from deleting result files, which
 # may be another workflow's finished run.
 
@@ -38,14 +42,17 @@ for run_kind, run_rule, run_wildcard in (
         threads: config["resources"]["threads"]
         resources:
             mem_mb=config["resources"]["mem_mb"],
-            runtime=lambda wildcards: config["resources"]["runtime_min"][wildcards.env],
+            runtime=lambda wildcards: job_runtime_min(wildcards.env),
             gpu=config["resources"]["gpu"],
-        retries: config["resources"]["retries"]
+            stop_after_min=lambda wildcards: stop_after_min(wildcards.env),
+            checkpoint_every_min=f"{CHECKPOINT_EVERY_MIN:g}",
+        retries: training_retries()
         conda:
             "../environment.yml"
         shell:
-            "python -m algos.run --run-config {input.run_config} --out {params.out} --replace-stale"
-            " --lock-wait $((60 * {resources.runtime})) > {log} 2>&1"
+            "exec python -m algos.run --run-config {input.run_config} --out {params.out} --replace-stale"
+            " --lock-wait $((60 * {resources.runtime})) --stop-after-min {resources.stop_after_min}"
+            " --checkpoint-every-min {resources.checkpoint_every_min} > {log} 2>&1"
 
 
 if not RESOLVE_NOW:

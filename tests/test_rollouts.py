@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import envs
+from algos.core import rollouts
 from algos.core.ensemble import DynamicsEnsemble, Prediction
 from algos.core.policy import GaussianPolicy
 from algos.core.rollouts import gaussian_sampler, imagine, make_step
@@ -261,6 +262,70 @@ def test_cuda_graph_engine_equals_eager():
                         member_choice=choice, engine=e) for e in ("eager", "cuda_graph")]
         for key in runs[0]:
             torch.testing.assert_close(runs[1][key], runs[0][key], rtol=1e-5, atol=1e-5)
+    assert rollouts.GRAPH["checked"] and rollouts.engine_fallback() is None  # the real capture passed its check
+
+
+# ----- the cuda_graph engine checked against eager before its first replay (issue 21) ------
+
+@pytest.fixture
+def graph_on_cpu(monkeypatch):
+    """The cuda_graph engine on CPU, its capture injected by the test (GRAPH["capture"])."""
+    monkeypatch.setattr(rollouts, "resolve_engine", lambda engine, device: engine)
+    graph = {"capture": None, "checked": False, "fallback": None}
+    monkeypatch.setattr(rollouts, "GRAPH", graph)
+    return graph
+
+
+def eager_and_captured():
+    model, s0 = hopper_model()
+    pol = GaussianPolicy(11, 3, hidden=[8], init_log_std=1.0)
+    return [imagine(model, gaussian_sampler(pol), s0, 4, T, "hopper", gen(), member_choice="per_step", engine=e)
+            for e in ("eager", "cuda_graph")]
+
+
+def assert_equal_outputs(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_captured_step_that_differs_from_eager_falls_back_to_eager(graph_on_cpu, capsys):
+    graph_on_cpu["capture"] = lambda advance: (advance(), lambda: None)[1]  # a capture that recorded nothing
+    assert_equal_outputs(*eager_and_captured())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("rollout engine cuda_graph: a captured step differs from eager beyond rounding (state "
+                             "obs: max |difference| ")
+    assert err[0].endswith("; falling back to eager for the rest of this run (recorded in provenance.json)")
+    assert rollouts.engine_fallback() == err[0].split("cuda_graph: ")[1].split("; falling back")[0]
+    graph_on_cpu["capture"] = lambda advance: pytest.fail("no capture after a fallback")
+    assert_equal_outputs(*eager_and_captured())
+    assert capsys.readouterr().err == ""
+
+
+def test_a_capture_that_fails_falls_back_to_eager(graph_on_cpu, capsys):
+    def broken(advance):
+        advance()  # the warm-up step ran: the fallback starts the rollout again
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+    graph_on_cpu["capture"] = broken
+    assert_equal_outputs(*eager_and_captured())
+    assert rollouts.engine_fallback() == ("capture failed (RuntimeError: operation not permitted when stream is "
+                                          "capturing)")
+    assert capsys.readouterr().err.count("falling back to eager") == 1
+
+
+def test_a_faithful_capture_is_checked_once_then_replayed(graph_on_cpu, capsys):
+    replays = []
+
+    def faithful(advance):  # what a working capture does: step 0 for real, then a replay of one step
+        advance()
+        return lambda: (replays.append(1), advance())
+    graph_on_cpu["capture"] = faithful
+    assert_equal_outputs(*eager_and_captured())
+    assert len(replays) == 1 + (T - 1) and graph_on_cpu["checked"]   # the check's replay, then steps 1..T-1
+    assert_equal_outputs(*eager_and_captured())
+    assert len(replays) == 1 + 2 * (T - 1)                              # checked once per process
+    assert rollouts.engine_fallback() is None and capsys.readouterr().err == ""
 
 
 # ----- the clamp of imagined states (trpo.clip_predictions) ---------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from algos.config import BC_NORMALIZERS
+from algos.core import preempt
 from algos.core.policy import GaussianPolicy
 from algos.core.training import EarlyStopping, StoppingRule
 
@@ -129,7 +130,13 @@ def weighted_bc(policy: GaussianPolicy, train: dict, weights, *, lr: float, batc
     state = EarlyStopping(stopping, 1) if stopping is not None else None
     best = [p.detach().clone() for p in params]
     taken, epoch, train_loss, val_losses = 0, 0, float("nan"), []
+    loop = preempt.loop("bc", "pass", generator)  # a stop saves the pass (algos/core/preempt.py)
+    if loop.finished:
+        return loop.result
+    if loop.saved is not None:
+        taken, epoch, train_loss, val_losses, best = _load_bc(loop.saved, optimizer, state)
     while True:
+        loop.poll(epoch + 1, lambda: _bc_state(taken, epoch, train_loss, val_losses, best, optimizer, state))
         epoch += 1
         perm = torch.randperm(n, generator=generator, device=gen_device).to(device)
         total, count = torch.zeros((), device=device), 0
@@ -173,10 +180,25 @@ def weighted_bc(policy: GaussianPolicy, train: dict, weights, *, lr: float, batc
         scalars.add("bc", "steps", taken, 0)
         min_std = float(np.exp(policy.min_log_std)) if policy.state_dependent else 0.0
         scalars.add("bc", "random_action_loss", random_action_loss(policy.act_dim, float(w.mean()), min_std), 0)
-    return dict(epochs=epoch, steps=taken, final_train_loss=train_loss, val_losses=val_losses,
-                best_val_loss=None if state is None else float(state.best[0]),
-                best_epoch=None if state is None else int(state.best_epoch[0]), n_train=n,
-                n_val=0 if holdout is None else len(holdout["obs"]))
+    return loop.done(dict(epochs=epoch, steps=taken, final_train_loss=train_loss, val_losses=val_losses,
+                          best_val_loss=None if state is None else float(state.best[0]),
+                          best_epoch=None if state is None else int(state.best_epoch[0]), n_train=n,
+                          n_val=0 if holdout is None else len(holdout["obs"])))
+
+
+def _bc_state(taken: int, epoch: int, train_loss: float, val_losses: list, best: list, optimizer,
+              state: EarlyStopping | None) -> dict:
+    """What cloning needs to go on after `epoch` passes (the policy's weights are the algorithm's)."""
+    return {"taken": taken, "epoch": epoch, "train_loss": train_loss, "val_losses": list(val_losses),
+            "best": [b.clone() for b in best], "optimizer": optimizer.state_dict(),
+            "stopping": None if state is None else state.state_dict()}
+
+
+def _load_bc(saved: dict, optimizer, state: EarlyStopping | None) -> tuple:
+    optimizer.load_state_dict(saved["optimizer"])
+    if state is not None:
+        state.load_state_dict(saved["stopping"])
+    return saved["taken"], saved["epoch"], saved["train_loss"], saved["val_losses"], saved["best"]
 
 
 def clone_policy(policy: GaussianPolicy, train: dict, cfg: dict, generator: torch.Generator, *,

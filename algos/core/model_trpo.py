@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from algos.config import PREDICTION_BOXES
+from algos.core import preempt
 from algos.core.ensemble import DynamicsEnsemble
 from algos.core.policy import GaussianPolicy
 from algos.core.rollouts import gaussian_sampler, imagine
@@ -97,11 +98,19 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
         n_rollouts = min(n_rollouts, BREMEN_MAX_LANES)
     clip = None if box is None else tuple(torch.as_tensor(b, device=device) for b in box)
     gen_device = generator.device
-    history = []
-    bar = tqdm(range(t["iterations"]), desc="trpo", disable=not sys.stderr.isatty(), leave=False)
+    history, first = [], 0
+    loop = preempt.loop("trpo", "iteration", generator)  # a stop saves the iteration (algos/core/preempt.py)
+    if loop.finished:
+        return loop.result
+    if loop.saved is not None:
+        first, history = loop.saved["iteration"], loop.saved["history"]
+        preempt.load_module_state(baseline, loop.saved["baseline"])
+    bar = tqdm(range(first, t["iterations"]), desc="trpo", disable=not sys.stderr.isatty(), leave=False)
     t0 = time.perf_counter()
     policy_sample = trpo_sampler(policy, t)
     for iteration in bar:
+        loop.poll(iteration, lambda: {"iteration": iteration, "history": list(history),
+                                      "baseline": preempt.module_state(baseline)})
         if member_choice == "per_iteration":  # drawn on the device: no host sync
             members = torch.randint(dynamics.members, (1,), generator=generator, device=gen_device).to(device)
             choice = "per_step"
@@ -142,4 +151,4 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
         print(f"  trpo: {summary['iterations']} iterations ({summary['accepted']} steps accepted), imagined reward "
               f"per step {summary['first_mean_reward']:.3f} -> {summary['final_mean_reward']:.3f}",
               file=sys.stderr, flush=True)
-    return summary
+    return loop.done(summary)

@@ -9,6 +9,7 @@ eagerly, compiled (torch.compile) or, on CUDA, captured once and replayed as a C
 runs until enough paths are complete: one host read per chunk of steps, none per step."""
 from __future__ import annotations
 
+import sys
 from typing import Callable, Sequence
 
 import torch
@@ -106,18 +107,96 @@ def _run(engine: str, step: Callable, state: dict, draws: dict, out: dict, horiz
             _compiled_advance = torch.compile(_advance, fullgraph=True)
         for _ in range(horizon):
             _compiled_advance(step, state, draws, out, t)
-    else:  # cuda_graph: step 0 runs for real on a side stream (warm-up), then one captured step replays
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            _advance(step, state, draws, out, t)
-        torch.cuda.current_stream().wait_stream(side)
-        if horizon > 1:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                _advance(step, state, draws, out, t)
+    else:  # cuda_graph: step 0 runs for real (warm-up), then one captured step replays
+        _run_captured(lambda: _advance(step, state, draws, out, t), state, out, t, horizon)
+
+
+def capture_cuda_graph(advance: Callable[[], None]) -> Callable[[], None]:
+    """`advance()` once for real on a side stream (the warm-up a capture needs), then captured
+    once; returns the graph's replay (one more step per call)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        advance()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        advance()
+    return graph.replay
+
+
+# The cuda_graph engine in this process: `capture` makes the replay (a test injects its own),
+# `checked` once a captured step agreed with eager, `fallback` the reason it fell back to eager.
+GRAPH = {"capture": capture_cuda_graph, "checked": False, "fallback": None}
+# "Beyond rounding": captured and eager kernels may sum in another order, never differ more than this.
+GRAPH_RTOL, GRAPH_ATOL = 1e-4, 1e-5
+
+
+def engine_fallback() -> str | None:
+    """Why this process runs the cuda_graph engine eagerly (one line), or None."""
+    return GRAPH["fallback"]
+
+
+def _run_captured(advance: Callable[[], None], state: dict, out: dict, t: torch.Tensor, horizon: int) -> None:
+    """The cuda_graph engine. Before the process's first replay, the captured step is compared with
+    an eager step on the same inputs; an error or a difference beyond rounding makes the process
+    fall back to eager (one line on stderr, `engine_fallback()` in provenance.json): the rollout
+    starts again from its first step, eagerly."""
+    if GRAPH["fallback"] is None and horizon > 1:
+        start = _copy(state, t)
+        try:
+            replay = GRAPH["capture"](advance)  # step 0 for real, then step 1 captured
+            if not GRAPH["checked"]:
+                _check_replay(replay, advance, state, out, t)
+                GRAPH["checked"] = True
             for _ in range(horizon - 1):
-                graph.replay()
+                replay()
+            return
+        except Exception as err:  # noqa: BLE001 - any failure of the captured engine: eager is the reference
+            GRAPH["fallback"] = str(err).splitlines()[0] if isinstance(err, GraphMismatch) else \
+                f"capture failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            print(f"rollout engine cuda_graph: {GRAPH['fallback']}; falling back to eager for the rest of this run "
+                  f"(recorded in provenance.json)", file=sys.stderr, flush=True)
+            _restore(state, t, start)
+    for _ in range(horizon):
+        advance()
+
+
+class GraphMismatch(RuntimeError):
+    """A captured step that differs from eager beyond rounding."""
+
+
+def _check_replay(replay: Callable[[], None], advance: Callable[[], None], state: dict, out: dict,
+                  t: torch.Tensor) -> None:
+    """Step 1 replayed and step 1 eager from the same state must agree up to rounding; the state
+    is left at step 1's start (the replays then run as if unchecked)."""
+    at_step_1 = _copy(state, t)
+    results = []
+    for run_step in (replay, advance):
+        _restore(state, t, at_step_1)
+        run_step()
+        results.append({**{f"state {k}": v.clone() for k, v in state.items()},
+                        **{k: v[1].clone() for k, v in out.items()}})
+    _restore(state, t, at_step_1)
+    for key, captured in results[0].items():
+        eager = results[1][key]
+        same = (torch.allclose(captured, eager, rtol=GRAPH_RTOL, atol=GRAPH_ATOL, equal_nan=True)
+                if captured.is_floating_point() else torch.equal(captured, eager))
+        if not same:
+            diff = (captured.double() - eager.double()).abs().nan_to_num(float("inf")).max().item()
+            raise GraphMismatch(f"a captured step differs from eager beyond rounding ({key}: max |difference| "
+                                f"{diff:.3g})")
+
+
+def _copy(state: dict, t: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    return {k: v.clone() for k, v in state.items()}, t.clone()
+
+
+def _restore(state: dict, t: torch.Tensor, copy: tuple[dict, torch.Tensor]) -> None:
+    """In place: a captured graph reads and writes these very tensors."""
+    for k, v in copy[0].items():
+        state[k].copy_(v)
+    t.copy_(copy[1])
 
 
 def resolve_engine(engine: str, device: torch.device) -> str:

@@ -282,6 +282,16 @@ class ReplayBuffer:
         self.cursor = (self.cursor + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
+    def state_dict(self) -> dict:
+        """The rows held (views, not copies) and the write position."""
+        return {"rows": {k: v[:self.size] for k, v in self.data.items()}, "cursor": self.cursor}
+
+    def load_state_dict(self, d: dict) -> None:
+        n = len(d["rows"]["obs"])
+        for k, v in self.data.items():
+            v[:n] = d["rows"][k]
+        self.size, self.cursor = n, int(d["cursor"])
+
     def sample(self, n: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """n rows drawn uniformly with replacement."""
         if self.size == 0:

@@ -28,7 +28,7 @@ class Scalars:
     scalar to TensorBoard (needs the `tensorboard` extra)."""
 
     def __init__(self, path: Path | None = None, tensorboard_dir: Path | None = None):
-        self.deployment = 0
+        self.deployment = self.deployment_rows = 0
         self.rows: list[dict] = []
         self.path = Path(path) if path is not None else None
         self._file = None
@@ -50,11 +50,13 @@ class Scalars:
 
     def set_deployment(self, deployment: int) -> None:
         self.deployment = int(deployment)
+        self.deployment_rows = 0  # rows of this deployment in the file (a mid-phase checkpoint keeps the count)
 
     def add(self, phase: str, name: str, value, step: int = 0) -> None:
         value = float(value)
         row = {"deployment": self.deployment, "phase": phase, "step": int(step), "name": name, "value": value}
         self.rows.append(row)
+        self.deployment_rows += 1
         if self._file is not None:
             self._writer.writerow(row)
             self._file.flush()
@@ -85,11 +87,13 @@ class Scalars:
             self._tb = None
 
 
-def trimmed_scalars(text: str, through_deployment: int) -> tuple[str, int]:
+def trimmed_scalars(text: str, through_deployment: int, next_rows: int = 0) -> tuple[str, int]:
     """The text of scalars.csv keeping the rows of deployments <= through_deployment (a resumed
-    run redoes the rest), and the number of torn or malformed rows dropped: a last line without its
-    newline (a write cut by a kill), a row without five fields, or one whose deployment, step or
-    value is not a number. The kept rows are copied as they were."""
+    run redoes the rest) and the first `next_rows` rows of the deployment after it (a resume
+    inside it: those written before its mid-phase checkpoint), and the number of torn or
+    malformed rows dropped: a last line without its newline (a write cut by a kill), a row
+    without five fields, or one whose deployment, step or value is not a number. The kept rows
+    are copied as they were."""
     lines = text.splitlines(keepends=True)
     dropped = 0
     if lines and not lines[-1].endswith("\n"):
@@ -103,6 +107,9 @@ def trimmed_scalars(text: str, through_deployment: int) -> tuple[str, int]:
             dropped += 1
         elif deployment <= through_deployment:
             kept.append(fields)
+        elif deployment == through_deployment + 1 and next_rows > 0:
+            kept.append(fields)
+            next_rows -= 1
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerows([COLUMNS, *kept])

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from algos.config import KEEP_WEIGHTS
+from algos.core import preempt
 from algos.core.ensemble import DynamicsEnsemble, adam, as_tensor, per_layer
 
 # weight_decay="per_train_sample": BREMEN's L2, (1 / N_train) * sum ||W||^2 / 2 over the hidden
@@ -96,6 +97,15 @@ class EarlyStopping:
         capped = self.rule.max_epochs is not None and epoch >= self.rule.max_epochs
         return capped or bool((self.stopped_at > 0).all())
 
+    def state_dict(self) -> dict:
+        """The bookkeeping as plain lists (a mid-phase checkpoint, algos/core/preempt.py)."""
+        return {"best": self.best.tolist(), "best_epoch": self.best_epoch.tolist(),
+                "last_improvement": self.last_improvement, "stopped_at": self.stopped_at.tolist()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.best, self.best_epoch = np.array(d["best"], float), np.array(d["best_epoch"], int)
+        self.last_improvement, self.stopped_at = d["last_improvement"], np.array(d["stopped_at"], int)
+
 
 def member_rows(members: int, n: int, bootstrap: bool, generator: torch.Generator | None) -> torch.Tensor:
     """[members, n] training rows of each member: a bootstrap resample (with replacement, MOPO's
@@ -166,7 +176,13 @@ class ModelTrainer:
         val_history, train_history = [], []
         epoch = 0
         model.train()
+        loop = preempt.loop(f"{phase}_fit", "epoch", generator)  # a stop saves the epoch (algos/core/preempt.py)
+        if loop.finished:
+            return loop.result
+        if loop.saved is not None:
+            epoch, train_history, val_history = _load_fit(loop.saved, optim, snapshot, state)
         while not state.done(epoch):
+            loop.poll(epoch + 1, lambda: _fit_state(epoch, train_history, val_history, optim, snapshot, state))
             epoch += 1
             # each member its own order of its rows: [M, n_train]
             order = torch.gather(rows, 1, torch.argsort(torch.rand(M, n_train, generator=generator,
@@ -208,10 +224,10 @@ class ModelTrainer:
             model.elites = torch.argsort(final)[:n_elites].to(model.elites.device)
         if scalars is not None:
             scalars.add(phase, "epochs", epoch, 0)
-        return {"epochs": epoch, "best_val": state.best.tolist(), "best_epoch": state.best_epoch.tolist(),
-                "stopped_at": state.stopped_at.tolist(), "final_val": final.tolist(), "val_loss": val_history,
-                "train_loss": train_history, "elites": model.elites.tolist(), "n_train": n_train,
-                "n_holdout": 0 if holdout is None else len(holdout["obs"])}
+        return loop.done({"epochs": epoch, "best_val": state.best.tolist(), "best_epoch": state.best_epoch.tolist(),
+                          "stopped_at": state.stopped_at.tolist(), "final_val": final.tolist(), "val_loss": val_history,
+                          "train_loss": train_history, "elites": model.elites.tolist(), "n_train": n_train,
+                          "n_holdout": 0 if holdout is None else len(holdout["obs"])})
 
     def _epoch(self, model: DynamicsEnsemble, optim: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                order: torch.Tensor, decays: list[float]) -> float:
@@ -235,6 +251,21 @@ class ModelTrainer:
             total += data_loss.detach().mean()
             batches += 1
         return (total / max(batches, 1)).item()  # one sync per epoch
+
+
+def _fit_state(epoch: int, train_history: list, val_history: list, optim, snapshot: list, state: EarlyStopping) -> dict:
+    """What a fit needs to go on after `epoch` epochs (the model's weights are the algorithm's)."""
+    return {"epoch": epoch, "train_history": list(train_history), "val_history": list(val_history),
+            "optim": optim.state_dict(), "snapshot": [s.clone() for s in snapshot], "stopping": state.state_dict()}
+
+
+def _load_fit(saved: dict, optim, snapshot: list, state: EarlyStopping) -> tuple[int, list, list]:
+    optim.load_state_dict(saved["optim"])
+    with torch.no_grad():
+        for s, value in zip(snapshot, saved["snapshot"]):
+            s.copy_(value)
+    state.load_state_dict(saved["stopping"])
+    return saved["epoch"], saved["train_history"], saved["val_history"]
 
 
 def _inputs_targets(model: DynamicsEnsemble, data: dict, dev) -> tuple[torch.Tensor, torch.Tensor]:
