@@ -530,7 +530,9 @@ def test_keep_going_then_an_edit_reruns_exactly_the_runs_it_changes(stub_workflo
     jobs = dry_run("all", SMOKE, cwd=stub_workflow, force=False)
     redone = {(w["algo"], w["env"], w["budget"]) for rule, w in jobs if rule == "run"}
     assert redone == {(a, "hopper", b) for a in ALGOS for b in ("500k", "250k")}
-    assert {rule for rule, _ in jobs if rule in TRAINING_RULES} == {"run"}
+    # ... and the reading runs on Hopper (smoke's batch_full), no other training job
+    assert {(rule, w["env"]) for rule, w in jobs if rule in TRAINING_RULES} == {("run", "hopper"),
+                                                                                ("reading_run", "hopper")}
     # (every analysis job is redone: the merged config it draws for changed)
     # an ablation's switch: that ablation's runs only
     config = profile_config("smoke")
@@ -538,7 +540,7 @@ def test_keep_going_then_an_edit_reruns_exactly_the_runs_it_changes(stub_workflo
     smoke.write_text(edited + f"ablation_switches: {{{ablation}: [musbo.alpha=0.5]}}\n")
     jobs = dry_run("all", SMOKE, cwd=stub_workflow, force=False)
     assert {(rule, w.get("ablation")) for rule, w in jobs if rule in TRAINING_RULES} == (
-        {("run", None)} | {("ablation_run", ablation)})
+        {("run", None), ("reading_run", None)} | {("ablation_run", ablation)})
     # and a --configfile on top: its run section reaches the runs
     (stub_workflow / "extra.yaml").write_text("run: {envs: {halfcheetah: {trpo: {delta: 0.02}}}}\n")
     proc = snakemake("all", "--cores", "2", "--configfile", "config/smoke.yaml", "extra.yaml", cwd=stub_workflow)
