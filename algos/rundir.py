@@ -36,9 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from algos.config import config_hash
+from algos.config import ConfigError, config_hash, read_config_file
 
 IDENTITY = "identity.json"
 IDENTITY_KEYS = ("algo", "env", "budget", "seed", "profile")
@@ -276,8 +275,8 @@ def _read_identity(out: Path) -> dict | None:
     cfg = None
     if (out / "config.yaml").is_file():
         try:
-            cfg = yaml.safe_load((out / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError):
+            cfg = read_config_file(out / "config.yaml")
+        except (OSError, ConfigError):
             return {"unreadable": str(out / "config.yaml")}
     else:
         for ckpt in _checkpoints_newest_first(out):

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from algos.config import read_config_file
 from algos.core.bc import random_action_loss
 from analysis.figures import env_label, label
 from analysis.output import markdown_table
@@ -158,7 +158,7 @@ def table(study: Study) -> pd.DataFrame:
         d = key.path(study.root)
         if not (d / "scalars.csv").is_file():
             continue
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg = read_config_file(d / "config.yaml")
         values = run_row(read_scalars(d / "scalars.csv"), pd.read_csv(d / "metrics.csv"), cfg, key.name, key.env)
         rows.append({"algo": key.name, "env": key.env, "budget": key.budget, "seed": key.seed, **values})
     if not rows:

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from algos.config import read_config_file  # noqa: E402
 from analysis.mechanisms import DEGENERATE_SHARE, LABEL_TOL  # noqa: E402
 
 DISTANCES = ("raw", "std_sum", "std_mean")
@@ -67,7 +67,7 @@ def collect(roots, sources=("policy", PHASE)) -> pd.DataFrame:
             cfg_file = f.parent / "config.yaml"
             if not cfg_file.is_file() or "stale-" in str(f):
                 continue
-            cfg = yaml.safe_load(cfg_file.read_text())
+            cfg = read_config_file(cfg_file)
             if cfg.get("algo") != "musbo" or not cfg["musbo"]["uncertainty_weighting"]:
                 continue
             scalars = pd.read_csv(f)
