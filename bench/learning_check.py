@@ -1,15 +1,17 @@
-"""Learning check (outside the unit tests): on the mini profile, 3 seeds, HalfCheetah and Hopper
-at 500k, does the last deployment's eval return beat the uniform random policy (deployment 0
-of eval_returns.csv) and the first deployment by a clear margin?
+"""Learning check (outside the unit tests): on the mini (default) or medium profile, HalfCheetah
+and Hopper at 500k, does the last deployment's eval return beat the uniform random policy
+(deployment 0 of eval_returns.csv) and the first deployment by a clear margin?
 
-    python bench/learning_check.py [--seeds 0 1 2] [--envs halfcheetah hopper] [--algos musbo bremen mopo] [--jobs 2]
-        [--previous bench/learning_check_previous_defaults.json]
+    python bench/learning_check.py [--profile mini|medium] [--seeds 0 1 2] [--envs halfcheetah hopper]
+        [--algos musbo bremen mopo] [--jobs 2] [--previous bench/learning_check_previous_defaults.json]
 
-Runs of the mini grid (results/mini/runs/...) are reused when complete; other seeds run into
-results/mini/learning_check/... (resumable: rerunning continues where a run stopped). Prints a
-table and writes bench/learning_check.json. "Clear margin": the last deployment's mean over
-seeds exceeds the random policy's by more than 2 standard errors of the seed means (one seed
-far above the others can fail it, so `every_seed_beats_random` is reported beside it).
+Runs of the profile's grid (results/<profile>/runs/...) are reused when complete; other seeds
+run into results/<profile>/learning_check/... (resumable: rerunning continues where a run
+stopped). Prints every seed (random policy, deployment 1, last deployment) and the summary per
+algorithm and env; writes bench/learning_check.json (mini) or bench/learning_check_<profile>.json.
+"Clear margin": the last deployment's mean over seeds exceeds the random policy's by more than 2
+standard errors of the seed means (one seed far above the others can fail it, so
+`every_seed_beats_random` is reported beside it).
 """
 from __future__ import annotations
 
@@ -29,17 +31,17 @@ sys.path.insert(0, str(ROOT))
 from algos.config import load_profile  # noqa: E402
 
 
-def run_dir(algo: str, env: str, seed: int, grid_seeds) -> Path:
+def run_dir(profile: str, algo: str, env: str, seed: int, grid_seeds) -> Path:
     kind = "runs" if seed in grid_seeds else "learning_check"
-    return ROOT / "results" / "mini" / kind / algo / env / "500k" / f"seed{seed}"
+    return ROOT / "results" / profile / kind / algo / env / "500k" / f"seed{seed}"
 
 
-def ensure_run(algo: str, env: str, seed: int, out: Path) -> None:
+def ensure_run(profile: str, algo: str, env: str, seed: int, out: Path) -> None:
     if (out / "metrics.csv").is_file():
         return
-    print(f"learning_check: running {algo} {env} seed {seed} -> {out}", file=sys.stderr, flush=True)
+    print(f"learning_check: running {profile} {algo} {env} seed {seed} -> {out}", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "algos.run", "--algo", algo, "--env", env, "--budget", "500k",
-                    "--seed", str(seed), "--profile", "mini", "--out", str(out)], cwd=ROOT, check=True)
+                    "--seed", str(seed), "--profile", profile, "--out", str(out)], cwd=ROOT, check=True)
 
 
 def side_by_side(table: pd.DataFrame, previous_json: Path) -> pd.DataFrame:
@@ -48,26 +50,28 @@ def side_by_side(table: pd.DataFrame, previous_json: Path) -> pd.DataFrame:
     if not previous_json.is_file():
         raise SystemExit(f"error: --previous {previous_json} does not exist; pass an earlier learning_check.json")
     old = pd.DataFrame(json.loads(previous_json.read_text())["summary"])
-    old = old.rename(columns={"last_deployment": "previous_last", "last_sd": "previous_last_sd"})
+    # only this check's own columns: a file made with --previous also holds previous_* columns
+    old = old[["env", "algo", "last_deployment", "last_sd"]].rename(columns={"last_deployment": "previous_last", "last_sd": "previous_last_sd"})
     return table[["env", "algo"]].merge(old[["env", "algo", "previous_last", "previous_last_sd"]],
                                         on=["env", "algo"], how="left")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=["mini", "medium"], default="mini")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--envs", nargs="+", default=["halfcheetah", "hopper"])
     parser.add_argument("--algos", nargs="+", default=["musbo", "bremen", "mopo"])
-    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each in mini)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (one torch thread each)")
     parser.add_argument("--previous", type=Path, default=None,
                         help="an earlier learning_check.json (e.g. bench/learning_check_previous_defaults.json): "
                              "its last-deployment means are shown beside this run's")
     args = parser.parse_args()
-    grid_seeds = load_profile("mini")["seeds"]
-    runs = [(algo, env, seed, run_dir(algo, env, seed, grid_seeds))
+    grid_seeds = load_profile(args.profile)["seeds"]
+    runs = [(algo, env, seed, run_dir(args.profile, algo, env, seed, grid_seeds))
             for env in args.envs for algo in args.algos for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on the run subprocesses
-        list(pool.map(lambda r: ensure_run(*r), runs))
+        list(pool.map(lambda r: ensure_run(args.profile, *r), runs))
     rows = []
     for algo, env, seed, out in runs:
         metrics = pd.read_csv(out / "metrics.csv")
@@ -96,9 +100,12 @@ def main() -> None:
             row.update(previous_last_deployment=prev["previous_last"], previous_last_sd=prev["previous_last_sd"])
         table = pd.DataFrame(summary)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(f"{args.profile}, 500k, every seed:")
+        print(df.round(1).to_string(index=False))
+        print("\nper algorithm and env:")
         print(table.round(1).to_string(index=False))
-    out = ROOT / "bench" / "learning_check.json"
-    out.write_text(json.dumps({"per_run": rows, "summary": summary}, indent=2, default=float))
+    out = ROOT / "bench" / ("learning_check.json" if args.profile == "mini" else f"learning_check_{args.profile}.json")
+    out.write_text(json.dumps({"profile": args.profile, "per_run": rows, "summary": summary}, indent=2, default=float))
     print(f"written: {out}")
 
 

@@ -41,6 +41,15 @@ def test_learning_check_puts_the_previous_check_beside_each_env_and_algo(tmp_pat
     assert pd.isna(both.previous_last.tolist()[1])              # a pair the previous check lacked
     with pytest.raises(SystemExit, match="does not exist"):
         learning_check.side_by_side(now, tmp_path / "nothing.json")
+    # a previous file that was itself made with --previous carries previous_* columns of its own:
+    # only its own last-deployment numbers are taken, one column each
+    chained = tmp_path / "chained.json"
+    chained.write_text(json.dumps({"per_run": [], "summary": [
+        {"env": "hopper", "algo": "bremen", "last_deployment": 199.0, "last_sd": 10.0,
+         "previous_last_deployment": 265.0, "previous_last_sd": 40.0}]}))
+    both = learning_check.side_by_side(now, chained)
+    assert list(both.columns) == ["env", "algo", "previous_last", "previous_last_sd"]
+    assert both.previous_last.tolist()[0] == 199.0 and both.previous_last_sd.tolist()[0] == 10.0
 
 
 def test_paper_deployment_tiny_stops_after_deployment_2_and_records_every_field(tmp_path):
