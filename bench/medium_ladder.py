@@ -1,21 +1,23 @@
 """The medium ladder (issue 19): which sizes make the baselines learn on this machine, picked by
 the rule written in config/medium.yaml's header BEFORE any medium result (MUSBO never runs here).
 
-    python bench/medium_ladder.py [--rungs R1 R2 R3] [--seeds 100 101 102] [--plot-only]
+    python bench/medium_ladder.py [--rungs R1 R2 R3] [--seeds 100 101 102] [--jobs 2] [--plot-only]
 
 Each rung is a set of size factors against the paper (RUNGS); its runs are the medium profile
 with the rung's sizes as --set overrides, budget 500k / K, into results/medium/ladder/<rung>/...
 (resumable; not committed). Rungs are tried in cost order and the ladder stops at the first that
-passes. Writes bench/medium_ladder.json (rungs, per-seed returns per deployment, CPU-minutes, the
+passes. --jobs runs a rung's runs side by side (one torch thread each); each run's CPU time is its
+own process's (os.wait4), summed over the sittings that made it. Writes bench/medium_ladder.json (rungs, per-seed returns per deployment, CPU-minutes, the
 verdict per gating pair and rung, the pick) and bench/medium_ladder.pdf (final return against
 CPU-minutes per rung)."""
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +59,11 @@ def run_dir(rung: str, algo: str, env: str, seed: int) -> Path:
 
 
 def ensure_run(rung: str, algo: str, env: str, seed: int) -> float:
-    """Runs (or resumes) one ladder run; returns its CPU-minutes (kept in cpu_minutes.txt, summed
-    over the sittings that made it)."""
+    """Runs (or resumes) one ladder run; returns its CPU-minutes (kept in cpu_minutes.txt once the
+    run is complete; an interrupted sitting's CPU-minutes wait in cpu_minutes_partial.txt and are
+    added to the sitting that completes it)."""
     out = run_dir(rung, algo, env, seed)
-    cpu_file = out / "cpu_minutes.txt"
+    cpu_file, partial_file = out / "cpu_minutes.txt", out / "cpu_minutes_partial.txt"
     if (out / "metrics.csv").is_file() and cpu_file.is_file():
         return float(cpu_file.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -70,14 +73,19 @@ def ensure_run(rung: str, algo: str, env: str, seed: int) -> float:
                     "--profile", "medium", "--algo", algo, "--env", env, "--budget", BUDGET, "--seed", str(seed),
                     "--set", *sets], cwd=ROOT, check=True)
     print(f"medium_ladder: {rung} {algo} {env} seed {seed} -> {out}", file=sys.stderr, flush=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "algos.run", "--run-config", str(run_config), "--out", str(out)],
-                   cwd=ROOT, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    minutes = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60.0
-    previous = float(cpu_file.read_text()) if cpu_file.is_file() else 0.0  # an earlier, interrupted sitting
-    cpu_file.write_text(f"{previous + minutes:.3f}\n")
-    return previous + minutes
+    child = subprocess.Popen([sys.executable, "-m", "algos.run", "--run-config", str(run_config), "--out", str(out)],
+                             cwd=ROOT)
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own CPU time, whatever runs beside it
+    child.returncode = os.waitstatus_to_exitcode(status)
+    minutes = (usage.ru_utime + usage.ru_stime) / 60.0
+    minutes += float(partial_file.read_text()) if partial_file.is_file() else 0.0
+    if child.returncode != 0:
+        partial_file.write_text(f"{minutes:.3f}\n")
+        raise SystemExit(f"medium_ladder: {rung} {algo} {env} seed {seed} exited {child.returncode}; "
+                         f"rerun to resume it")
+    cpu_file.write_text(f"{minutes:.3f}\n")
+    partial_file.unlink(missing_ok=True)
+    return minutes
 
 
 def read_run(rung: str, algo: str, env: str, seed: int) -> dict | None:
@@ -156,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=list(RUNGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
+    parser.add_argument("--jobs", type=int, default=1, help="ladder runs side by side (one torch thread each)")
     parser.add_argument("--plot-only", action="store_true", help="summarise the runs on disk, run nothing")
     args = parser.parse_args()
     out = ROOT / "bench" / "medium_ladder.json"
@@ -165,9 +174,9 @@ def main() -> None:
     rungs = {r: earlier[r] for r in RUNGS if r in earlier and r not in args.rungs}
     for rung in [r for r in RUNGS if r in args.rungs]:
         if not args.plot_only:
-            for algo, env in GATING + REPORTED:
-                for seed in args.seeds:
-                    ensure_run(rung, algo, env, seed)
+            todo = [(rung, algo, env, seed) for algo, env in GATING + REPORTED for seed in args.seeds]
+            with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on the run subprocesses
+                list(pool.map(lambda r: ensure_run(*r), todo))
         rungs[rung] = evaluate_rung(rung, args.seeds)
         if rungs[rung]["passes"]:
             break  # the rule: no rung above the first passing one is run
