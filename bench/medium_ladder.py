@@ -36,6 +36,7 @@ RUNGS = {
     "R2": dict(K=5, f=0.05, samples=5000, epochs=30, bc_steps=10000, sac_steps=10000, rollout_batch=10000),
     "R3": dict(K=5, f=0.1, samples=10000, epochs=50, bc_steps=20000, sac_steps=20000, rollout_batch=20000),
 }
+PHASES = ("collect", "model", "labeler", "bc", "policy", "eval")  # metrics.csv's <phase>_s columns
 GATING = [("bremen", "halfcheetah"), ("mopo", "halfcheetah"), ("mopo", "hopper")]
 REPORTED = [("bremen", "hopper")]           # run and shown, not gating (config/medium.yaml: the rule)
 MAX_MEAN_CPU_MIN = 20.0
@@ -97,7 +98,9 @@ def read_run(rung: str, algo: str, env: str, seed: int) -> dict | None:
     return {"algo": algo, "env": env, "seed": seed,
             "returns_by_deployment": [float(x) for x in metrics.eval_return_mean],
             "random_policy": float(evals[evals.deployment == 0]["return"].mean()),
-            "cpu_minutes": float((out / "cpu_minutes.txt").read_text())}
+            "cpu_minutes": float((out / "cpu_minutes.txt").read_text()),
+            # where the run's time went: wall seconds per phase, summed over deployments (metrics.csv)
+            "phase_seconds": {p: round(float(metrics[f"{p}_s"].sum()), 1) for p in PHASES}}
 
 
 def pair_verdict(runs: list[dict]) -> dict:
@@ -121,7 +124,10 @@ def evaluate_rung(rung: str, seeds: list[int]) -> dict:
     for algo, env in GATING + REPORTED:
         mine = [r for r in runs if (r["algo"], r["env"]) == (algo, env)]
         if len(mine) == len(seeds):
-            pairs[f"{algo}/{env}"] = {**pair_verdict(mine), "gating": (algo, env) in GATING}
+            pairs[f"{algo}/{env}"] = {**pair_verdict(mine), "gating": (algo, env) in GATING,
+                                      "mean_cpu_minutes": float(np.mean([r["cpu_minutes"] for r in mine])),
+                                      "mean_phase_seconds": {p: round(float(np.mean([r["phase_seconds"][p] for r in mine])), 1)
+                                                             for p in PHASES}}
     mean_cpu = float(np.mean([r["cpu_minutes"] for r in runs])) if runs else None
     gating_passed = sum(pairs.get(f"{a}/{e}", {}).get("passes", False) for a, e in GATING)
     passed = complete and gating_passed == len(GATING) and mean_cpu <= MAX_MEAN_CPU_MIN
@@ -190,8 +196,11 @@ def main() -> None:
     for name, rung in rungs.items():
         print(f"{name}: complete={rung['complete']} mean CPU-min={rung['mean_cpu_minutes']} passes={rung['passes']}")
         for pair, v in rung["pairs"].items():
+            cost = (f"; {v['mean_cpu_minutes']:.1f} CPU-min (wall s: "
+                    + ", ".join(f"{p} {t:.0f}" for p, t in v["mean_phase_seconds"].items()) + ")"
+                    if "mean_phase_seconds" in v else "")  # R1's record predates the phase times
             print(f"  {pair}: deployment 1 {v['mean_deployment_1']:.0f} -> last {v['mean_last']:.0f} "
-                  f"(random {v['mean_random']:.0f}) passes={v['passes']}")
+                  f"(random {v['mean_random']:.0f}) passes={v['passes']}{cost}")
     print(f"pick: {result['pick']}\nwritten: {out}")
 
 
