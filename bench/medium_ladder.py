@@ -5,9 +5,9 @@ the rule written in config/medium.yaml's header BEFORE any medium result (MUSBO 
 
 Each rung is a set of size factors against the paper (RUNGS); its runs are the medium profile
 with the rung's sizes as --set overrides, budget 500k / K, into results/medium/ladder/<rung>/...
-(resumable; not committed). Rungs are tried in cost order and the ladder stops at the first that
-passes. --jobs runs a rung's runs side by side (one torch thread each); each run's CPU time is its
-own process's (os.wait4), summed over the sittings that made it. Writes bench/medium_ladder.json (rungs, per-seed returns per deployment, CPU-minutes, the
+(resumable; not committed). Rungs are tried in cost order and the ladder stops as soon as no further
+run can change the rule's pick (pick()). --jobs runs a rung's runs side by side (one torch thread
+each); each run's CPU time is its own process's (os.wait4), summed over the sittings that made it. Writes bench/medium_ladder.json (rungs, per-seed returns per deployment, CPU-minutes, the
 verdict per gating pair and rung, the pick) and bench/medium_ladder.pdf (final return against
 CPU-minutes per rung)."""
 from __future__ import annotations
@@ -135,17 +135,60 @@ def evaluate_rung(rung: str, seeds: list[int]) -> dict:
             "mean_cpu_minutes": mean_cpu, "gating_pairs_passed": gating_passed, "passes": passed}
 
 
+def costs_at_least(a: str, b: str) -> bool:
+    """Rung a does at least rung b's work: no larger budget divisor K, every other size factor as
+    large or larger (a run's cost grows with each of them)."""
+    fa, fb = RUNGS[a], RUNGS[b]
+    return fa["K"] <= fb["K"] and all(fa[k] >= fb[k] for k in fa if k != "K")
+
+
 def pick(rungs: dict) -> dict:
-    """The rule's pick: the cheapest passing rung; else (every rung complete) the most gating pairs
-    passed, the cheaper on a tie; else nothing yet."""
-    order = [r for r in RUNGS if r in rungs]
-    for r in order:
-        if rungs[r]["passes"]:
+    """The rule's pick: the cheapest passing rung; if no rung passes, the one with the most gating
+    pairs passed, the cheaper on a tie. Decided as soon as further runs cannot change it:
+    - a rung cannot pass once it is complete and fails, once one of its gating pairs has failed
+      on all its seeds, or once a rung whose work it includes (costs_at_least) is complete and
+      over the CPU cap;
+    - a rung not fully run may still pass all its gating pairs not yet failed (a rung not run at
+      all: all of them)."""
+    n_gating = len(GATING)
+    for r in RUNGS:
+        if r in rungs and rungs[r]["passes"]:
             return {"rung": r, "why": "the cheapest rung that passes the rule"}
-    if len(order) == len(RUNGS) and all(rungs[r]["complete"] for r in order):
-        best = max(order, key=lambda r: (rungs[r]["gating_pairs_passed"], -order.index(r)))
-        return {"rung": best, "why": "no rung passes: the most gating pairs passed, the cheaper on a tie"}
-    return {"rung": None, "why": "undecided: no rung run so far passes and the ladder is not complete"}
+
+    def failed_pairs(r: str) -> int:
+        pairs = rungs.get(r, {}).get("pairs", {})
+        return sum(1 for a, e in GATING if f"{a}/{e}" in pairs and not pairs[f"{a}/{e}"]["passes"])
+
+    def over_cap(r: str) -> str | None:
+        for q in RUNGS:
+            cost = rungs.get(q, {}).get("mean_cpu_minutes")
+            if rungs.get(q, {}).get("complete") and costs_at_least(r, q) and cost > MAX_MEAN_CPU_MIN:
+                return q
+        return None
+
+    reasons = {}
+    for r in RUNGS:
+        if rungs.get(r, {}).get("complete"):
+            reasons[r] = "complete, fails"
+        elif failed_pairs(r):
+            reasons[r] = f"{failed_pairs(r)} gating pair(s) failed on every seed"
+        elif q := over_cap(r):
+            reasons[r] = (f"does at least {q}'s work, and {q}'s mean run cost "
+                          f"{rungs[q]['mean_cpu_minutes']:.1f} > {MAX_MEAN_CPU_MIN:g} CPU-minutes")
+    open_rungs = [r for r in RUNGS if r not in reasons]
+    if open_rungs:
+        return {"rung": None, "why": f"undecided: {open_rungs[0]} may still pass; cannot pass: {reasons}"}
+    passed = {r: rungs.get(r, {}).get("gating_pairs_passed", 0) for r in RUNGS}
+    best = max(RUNGS, key=lambda r: (passed[r], -list(RUNGS).index(r)))
+    # the most gating pairs any unfinished rung could still reach (a pair not yet run may pass)
+    reachable = {r: n_gating - failed_pairs(r) if not rungs.get(r, {}).get("complete") else passed[r] for r in RUNGS}
+    rivals = [r for r in RUNGS if r != best and (reachable[r] > passed[best] or (
+        reachable[r] == passed[best] and list(RUNGS).index(r) < list(RUNGS).index(best)))]
+    if rivals:
+        return {"rung": None, "why": f"undecided: no rung can pass ({reasons}); {rivals} could still pass "
+                                     f"more gating pairs than {best} ({passed[best]})"}
+    return {"rung": best, "why": f"no rung passes ({reasons}): the most gating pairs passed "
+                                 f"({passed[best]} of {n_gating}), the cheaper on a tie"}
 
 
 def plot(rungs: dict, path: Path) -> None:
@@ -179,13 +222,13 @@ def main() -> None:
     earlier = json.loads(out.read_text())["rungs"] if out.is_file() else {}
     rungs = {r: earlier[r] for r in RUNGS if r in earlier and r not in args.rungs}
     for rung in [r for r in RUNGS if r in args.rungs]:
+        if pick(rungs)["rung"] is not None:
+            break  # the rule has picked: no further run can change it
         if not args.plot_only:
             todo = [(rung, algo, env, seed) for algo, env in GATING + REPORTED for seed in args.seeds]
             with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on the run subprocesses
                 list(pool.map(lambda r: ensure_run(*r), todo))
         rungs[rung] = evaluate_rung(rung, args.seeds)
-        if rungs[rung]["passes"]:
-            break  # the rule: no rung above the first passing one is run
     rungs = {r: rungs[r] for r in RUNGS if r in rungs}
     result = {"rule": "config/medium.yaml header (also docs/paper_to_code.md, 'The medium profile')",
               "seeds": args.seeds, "gating": [f"{a}/{e}" for a, e in GATING],

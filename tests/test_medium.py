@@ -78,3 +78,38 @@ def test_medium_yaml_is_one_rung_of_the_ladder():
         matching = [rung for rung in module.RUNGS
                     if resolve_run_config("medium", "bremen", env, "500k", 0, module.rung_overrides(rung, env)) == medium]
         assert matching, f"config/medium.yaml ({env}) is none of the ladder's rungs"
+
+
+def _rung(passes: dict, cpu: float, complete: bool = True) -> dict:
+    """A rung record as evaluate_rung writes it: gating pair -> passes."""
+    pairs = {pair: {"passes": ok} for pair, ok in passes.items()}
+    return {"complete": complete, "pairs": pairs, "mean_cpu_minutes": cpu,
+            "gating_pairs_passed": sum(passes.values()), "passes": complete and all(passes.values())
+            and len(passes) == 3 and cpu <= 20.0}
+
+
+def test_ladder_pick_follows_the_rule_and_decides_only_when_no_run_can_change_it():
+    m = ladder()
+    assert list(m.RUNGS) == ["R1", "R2", "R3"] and m.costs_at_least("R3", "R2") and not m.costs_at_least("R2", "R3")
+    r1 = _rung({"bremen/halfcheetah": True, "mopo/halfcheetah": False}, 6.0, complete=False)  # what R1 left
+    all_pass = {"bremen/halfcheetah": True, "mopo/halfcheetah": True, "mopo/hopper": True}
+    # the cheapest passing rung
+    assert m.pick({"R1": r1, "R2": _rung(all_pass, 15.0)})["rung"] == "R2"
+    # R2 passes its pairs but costs too much: R3, which does at least R2's work, cannot pass either,
+    # and can at best tie R2's 3 pairs, so the cheaper R2 is picked without running R3
+    over = m.pick({"R1": r1, "R2": _rung(all_pass, 25.0)})
+    assert over["rung"] == "R2" and "does at least R2's work" in over["why"]
+    # R2 fails a pair and costs too much: R3 could still pass all three pairs, so it must run
+    two = {**all_pass, "mopo/hopper": False}
+    assert m.pick({"R1": r1, "R2": _rung(two, 25.0)})["rung"] is None
+    # R2 fails a pair within the cap: R3 may still pass the rule
+    assert m.pick({"R1": r1, "R2": _rung(two, 15.0)})["rung"] is None
+    # every rung run, none passes: the most gating pairs, the cheaper on a tie
+    r3 = _rung(two, 40.0)
+    r1_done = _rung({"bremen/halfcheetah": True, "mopo/halfcheetah": False, "mopo/hopper": False}, 6.0)
+    assert m.pick({"R1": r1_done, "R2": _rung(two, 25.0), "R3": r3})["rung"] == "R2"
+    assert m.pick({"R1": r1_done, "R2": _rung({**two, "mopo/halfcheetah": False}, 25.0), "R3": r3})["rung"] == "R3"
+    # ... but while R1 is unfinished it could still tie at 2 pairs, and it is the cheaper
+    assert m.pick({"R1": r1, "R2": _rung(two, 25.0), "R3": r3})["rung"] is None
+    # nothing run beyond R1: undecided
+    assert m.pick({"R1": r1})["rung"] is None
