@@ -39,6 +39,52 @@ def test_tanh_gaussian_log_prob_matches_torch_distributions():
     torch.testing.assert_close(logp, ref)
 
 
+def test_sb3_epsilon_log_det_caps_the_saturated_actions_penalty_and_is_exact_elsewhere():
+    """log_det="sb3_epsilon": log pi uses log(1 - tanh(u)^2 + 1e-6), Stable-Baselines3's form: equal
+    to the exact one where the action is far from the bounds, capped at log(1e-6) per saturated
+    dimension (the exact form keeps growing)."""
+    exact = TanhGaussianActor(OBS, ACT, [8], torch.Generator().manual_seed(0))
+    eps = TanhGaussianActor(OBS, ACT, [8], torch.Generator().manual_seed(0), log_det="sb3_epsilon")
+    with torch.no_grad():  # the same weights; push the mean far out to saturate the tanh
+        eps.load_state_dict(exact.state_dict())
+    for actor in (exact, eps):
+        actor.layers[-1].bias.data[:ACT] = 0.0
+    obs = torch.zeros(4, OBS)
+    _, logp_exact = exact.sample(obs, torch.Generator().manual_seed(1))
+    _, logp_eps = eps.sample(obs, torch.Generator().manual_seed(1))
+    mean, log_std = exact(obs)
+    u = mean + log_std.exp() * torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(logp_eps - logp_exact, (torch.log1p(-torch.tanh(u) ** 2)
+                                                     - torch.log(1 - torch.tanh(u) ** 2 + 1e-6)).sum(-1))
+    for actor in (exact, eps):
+        actor.layers[-1].bias.data[:ACT] = 30.0     # tanh(u) == 1 in float32
+    _, logp_exact = exact.sample(obs, torch.Generator().manual_seed(1))
+    _, logp_eps = eps.sample(obs, torch.Generator().manual_seed(1))
+    assert (logp_exact - logp_eps > 20).all()       # exact: about 2 u per dimension; sb3: capped
+    with pytest.raises(ValueError, match="log_det"):
+        TanhGaussianActor(OBS, ACT, [8], log_det="clipped")
+
+
+@pytest.mark.parametrize("init", ["glorot", "torch_default"])
+def test_init_draws_softlearnings_or_torchs_distribution(init):
+    """init="glorot": U(+-sqrt(6 / (fan_in + fan_out))) weights and zero biases (MOPO's Keras
+    layers); "torch_default": weights and biases U(+-1 / sqrt(fan_in)) (nn.Linear's, SB3's)."""
+    sac = SAC(OBS, ACT, hidden=[256, 256], lr=1e-3, tau=0.1, gamma=0.9, batch_size=8, target_entropy=-2.0,
+              generator=torch.Generator().manual_seed(0), init=init)
+    hidden_actor, hidden_q = sac.actor.layers[1], sac.critic.layers[1]
+    fan_in, fan_out = 256, 256
+    bound = math.sqrt(6 / (fan_in + fan_out)) if init == "glorot" else 1 / math.sqrt(fan_in)
+    for weight, bias in ((hidden_actor.weight, hidden_actor.bias), (hidden_q.weight, hidden_q.bias)):
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.98 * bound
+        assert abs(weight.std().item() - bound / math.sqrt(3)) < 0.02 * bound   # uniform's std
+        if init == "glorot":
+            assert (bias == 0).all()
+        else:
+            assert bias.abs().max() <= bound and bias.std() > 0.5 * bound / math.sqrt(3)
+    with pytest.raises(ValueError, match="init"):
+        SAC(OBS, ACT, hidden=[8], lr=1e-3, tau=0.1, gamma=0.9, batch_size=8, target_entropy=-2.0, init="xavier")
+
+
 def test_td_target_uses_the_minimum_of_the_twin_target_q():
     """y = r + gamma (1 - d) (min(Q'_1, Q'_2) - alpha log pi): with constant target nets
     Q'_1 = 5, Q'_2 = 2 and alpha ~ 0, y = r + gamma * 2 (and r where terminated)."""

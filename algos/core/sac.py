@@ -29,24 +29,46 @@ _LOG_2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def _glorot_(weight: torch.Tensor, fan_in: int, fan_out: int, generator: torch.Generator | None) -> None:
-    """Glorot-uniform weights (Keras' Dense default, which softlearning's nets use); biases are 0."""
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    nn.init.uniform_(weight, -bound, bound, generator=generator)
+# How the networks start (SAC(init=...)): "glorot", softlearning's Keras Dense default (MOPO's
+# code; the default), or "torch_default", nn.Linear's own (Stable-Baselines3's). And the tanh
+# log-determinant (SAC(log_det=...)): "exact", log(1 - tanh(u)^2) in its stable form
+# (softlearning's bijector; the default), or "sb3_epsilon", log(1 - tanh(u)^2 + 1e-6) (SB3's),
+# which caps the penalty on saturated actions at log(1e-6). Both exist for the calibration
+# against SB3 (bench/calibrate.py); MOPO runs the defaults.
+INITS = ("glorot", "torch_default")
+LOG_DETS = ("exact", "sb3_epsilon")
+
+
+def _init_(weight: torch.Tensor, bias: torch.Tensor, fan_in: int, fan_out: int, init: str,
+           generator: torch.Generator | None) -> None:
+    """glorot: Glorot-uniform weights, zero biases; torch_default: weights and biases
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the distribution of nn.Linear.reset_parameters."""
+    if init == "glorot":
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        nn.init.uniform_(weight, -bound, bound, generator=generator)
+        bias.zero_()
+    elif init == "torch_default":
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(weight, -bound, bound, generator=generator)
+        nn.init.uniform_(bias, -bound, bound, generator=generator)
+    else:
+        raise ValueError(f"SAC init must be one of {INITS}, got {init!r}")
 
 
 class TanhGaussianActor(nn.Module):
     """pi(a|s): u ~ N(mu(s), sigma(s)^2), a = tanh(u); one MLP head gives [mu, log sigma]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], generator: torch.Generator | None = None):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], generator: torch.Generator | None = None,
+                 init: str = "glorot", log_det: str = "exact"):
         super().__init__()
+        if log_det not in LOG_DETS:
+            raise ValueError(f"SAC log_det must be one of {LOG_DETS}, got {log_det!r}")
         sizes = [obs_dim, *hidden, 2 * act_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
         with torch.no_grad():
             for layer in self.layers:
-                _glorot_(layer.weight, layer.in_features, layer.out_features, generator)
-                layer.bias.zero_()
-        self.act_dim = act_dim
+                _init_(layer.weight, layer.bias, layer.in_features, layer.out_features, init, generator)
+        self.act_dim, self.log_det = act_dim, log_det
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = obs
@@ -64,9 +86,12 @@ class TanhGaussianActor(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         u = mean + log_std.exp() * eps
         log_prob_u = (-0.5 * eps.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
-        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|
-        log_det = (2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))).sum(-1)
-        return torch.tanh(u), log_prob_u - log_det
+        a = torch.tanh(u)
+        if self.log_det == "exact":  # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|
+            log_det = (2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))).sum(-1)
+        else:
+            log_det = torch.log(1.0 - a.pow(2) + 1e-6).sum(-1)
+        return a, log_prob_u - log_det
 
 
 class TwinQ(nn.Module):
@@ -74,14 +99,13 @@ class TwinQ(nn.Module):
     so one batched matmul per layer serves both."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], members: int = 2,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, init: str = "glorot"):
         super().__init__()
         sizes = [obs_dim + act_dim, *hidden, 1]
         self.layers = nn.ModuleList(EnsembleLinear(members, i, o) for i, o in zip(sizes[:-1], sizes[1:]))
         with torch.no_grad():
             for layer in self.layers:
-                _glorot_(layer.weight, layer.in_dim, layer.out_dim, generator)
-                layer.bias.zero_()
+                _init_(layer.weight, layer.bias, layer.in_dim, layer.out_dim, init, generator)
         self.members = members
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
@@ -106,7 +130,7 @@ class SAC:
 
     def __init__(self, obs_dim: int, act_dim: int, *, hidden: Sequence[int], lr: float, tau: float,
                  gamma: float, batch_size: int, target_entropy: float, device: torch.device | str = "cpu",
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, init: str = "glorot", log_det: str = "exact"):
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.hidden = list(hidden)
         self.tau, self.gamma, self.batch_size = float(tau), float(gamma), int(batch_size)
@@ -118,8 +142,8 @@ class SAC:
         if generator is not None:  # parameter init drawn from the caller's stream, on the cpu
             init_gen = torch.Generator().manual_seed(int(torch.randint(
                 2**62, (1,), generator=generator, device=generator.device).item()))
-        self.actor = TanhGaussianActor(obs_dim, act_dim, self.hidden, init_gen).to(self.device)
-        self.critic = TwinQ(obs_dim, act_dim, self.hidden, generator=init_gen).to(self.device)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, self.hidden, init_gen, init, log_det).to(self.device)
+        self.critic = TwinQ(obs_dim, act_dim, self.hidden, generator=init_gen, init=init).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         # softlearning starts from log alpha = 0 (alpha = 1)
         self.log_alpha = torch.zeros((), device=self.device, requires_grad=True)
