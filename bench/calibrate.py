@@ -29,7 +29,8 @@ counts; one torch thread each; CPU time per run):
 - SAC, project ("project"): algos.core.sac.SAC and ReplayBuffer with MOPO's settings; the first
   `sac_learning_starts` steps take uniform random actions, then one update per env step.
 - SAC, project with SB3's numerics ("project-sb3-numerics", the diagnostic of the SAC fail): the
-  same, with nn.Linear's initialisation and the log-determinant log(1 - tanh(u)^2 + 1e-6).
+  same, with nn.Linear's initialisation and the log-determinant log(1 - tanh(u)^2 + 1e-6); and
+  "project-sb3-log-det": the log-determinant alone.
 - SAC, peer ("stable-baselines3"): stable_baselines3.SAC with the same settings and schedule.
 The hyperparameters come from config/paper.yaml (BREMEN's trpo and policy sections, MOPO's SAC
 keys); what could not be mapped is DIFFERENCES, printed, written to the JSON and in the README.
@@ -67,11 +68,13 @@ PASS_RULE = ("pass when the project's final mean return (the mean over seeds of 
              "lies inside the peer's 95 % percentile-bootstrap CI of its final mean return, or above it; "
              "fail when it lies below the CI")
 IMPLEMENTATIONS = {"trpo": ("project-linear", "project-mlp", "sb3-contrib"),
-                   "sac": ("project", "project-sb3-numerics", "stable-baselines3")}
-# project-sb3-numerics: the diagnostic row of the SAC fail (3 seeds: 2473 against 3339 [3215, 3428]):
-# the project's SAC with the two numerical choices that Stable-Baselines3 makes differently and that
-# algos.core.sac keeps as switches (SAC(init=..., log_det=...)); everything else as "project"
-SAC_SWITCHES = {"project": {}, "project-sb3-numerics": {"init": "torch_default", "log_det": "sb3_epsilon"}}
+                   "sac": ("project", "project-sb3-numerics", "project-sb3-log-det", "stable-baselines3")}
+# The diagnostic rows of the SAC fail (3 seeds: 2473 against 3339 [3215, 3428]): the project's SAC
+# with the two numerical choices that Stable-Baselines3 makes differently and that algos.core.sac
+# keeps as switches (SAC(init=..., log_det=...)), both (project-sb3-numerics) or the log-determinant
+# alone (project-sb3-log-det); everything else as "project"
+SAC_SWITCHES = {"project": {}, "project-sb3-numerics": {"init": "torch_default", "log_det": "sb3_epsilon"},
+                "project-sb3-log-det": {"log_det": "sb3_epsilon"}}
 PEER = {"trpo": "sb3-contrib", "sac": "stable-baselines3"}
 ALGOS = tuple(IMPLEMENTATIONS)
 ENVS = ("hopper", "halfcheetah")
@@ -342,6 +345,7 @@ def run_sb3_sac(job: dict, sizes: dict, hp: dict, ev: Evaluator) -> None:
 RUNNERS = {("trpo", "project-linear"): run_project_trpo, ("trpo", "project-mlp"): run_project_trpo,
            ("trpo", "sb3-contrib"): run_sb3_trpo, ("sac", "project"): run_project_sac,
            ("sac", "project-sb3-numerics"): run_project_sac,
+           ("sac", "project-sb3-log-det"): run_project_sac,
            ("sac", "stable-baselines3"): run_sb3_sac}
 
 

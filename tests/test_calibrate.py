@@ -104,7 +104,8 @@ def test_smoke_both_sides_run_and_the_json_carries_both(tmp_path, capsys):
     doc = json.loads(out.read_text())
     ran = {(r["algo"], r["implementation"]) for r in doc["runs"]}
     assert ran == {("trpo", "project-linear"), ("trpo", "project-mlp"), ("trpo", "sb3-contrib"),
-                   ("sac", "project"), ("sac", "project-sb3-numerics"), ("sac", "stable-baselines3")}
+                   ("sac", "project"), ("sac", "project-sb3-numerics"), ("sac", "project-sb3-log-det"),
+                   ("sac", "stable-baselines3")}
     for r in doc["runs"]:
         every = 1000 if r["algo"] == "trpo" else 150
         assert r["eval_steps"] == list(range(0, r["env_steps"] + 1, every))   # the same points on both sides
@@ -117,5 +118,5 @@ def test_smoke_both_sides_run_and_the_json_carries_both(tmp_path, capsys):
     # a rerun into the same file goes on from its finished runs: nothing left to run
     capsys.readouterr()
     assert calibrate.main([*SMOKE, "--out", str(out), "--figure", str(figure)]) == 0
-    assert "0 runs to do, 6 found" in capsys.readouterr().err
-    assert len(json.loads(out.read_text())["runs"]) == 6
+    assert "0 runs to do, 7 found" in capsys.readouterr().err
+    assert len(json.loads(out.read_text())["runs"]) == 7
