@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -226,8 +227,18 @@ def main() -> None:
             break  # the rule has picked: no further run can change it
         if not args.plot_only:
             todo = [(rung, algo, env, seed) for algo, env in GATING + REPORTED for seed in args.seeds]
+            stopping = threading.Event()  # once a run fails or is stopped, start no further run
+
+            def one(r):
+                if stopping.is_set():
+                    return
+                try:
+                    ensure_run(*r)
+                except BaseException:
+                    stopping.set()
+                    raise
             with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on the run subprocesses
-                list(pool.map(lambda r: ensure_run(*r), todo))
+                list(pool.map(one, todo))
         rungs[rung] = evaluate_rung(rung, args.seeds)
     rungs = {r: rungs[r] for r in RUNGS if r in rungs}
     result = {"rule": "config/medium.yaml header (also docs/paper_to_code.md, 'The medium profile')",
