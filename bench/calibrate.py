@@ -343,10 +343,8 @@ def run_sb3_sac(job: dict, sizes: dict, hp: dict, ev: Evaluator) -> None:
 
 
 RUNNERS = {("trpo", "project-linear"): run_project_trpo, ("trpo", "project-mlp"): run_project_trpo,
-           ("trpo", "sb3-contrib"): run_sb3_trpo, ("sac", "project"): run_project_sac,
-           ("sac", "project-sb3-numerics"): run_project_sac,
-           ("sac", "project-sb3-log-det"): run_project_sac,
-           ("sac", "stable-baselines3"): run_sb3_sac}
+           ("trpo", "sb3-contrib"): run_sb3_trpo, ("sac", "stable-baselines3"): run_sb3_sac,
+           **{("sac", impl): run_project_sac for impl in SAC_SWITCHES}}
 
 
 def job_name(job: dict) -> str:

@@ -44,6 +44,15 @@ def ensure_run(profile: str, algo: str, env: str, seed: int, out: Path) -> None:
                     "--seed", str(seed), "--profile", profile, "--out", str(out)], cwd=ROOT, check=True)
 
 
+def clear_gain_over_random(gains) -> bool | None:
+    """The check's "clear margin": the mean over seeds of (last deployment - random policy) exceeds
+    2 standard errors of those gains; None with a single seed (no standard error)."""
+    gains = np.asarray(gains, dtype=float)
+    if len(gains) < 2:
+        return None
+    return bool(gains.mean() > 2 * gains.std(ddof=1) / np.sqrt(len(gains)))
+
+
 def side_by_side(table: pd.DataFrame, previous_json: Path) -> pd.DataFrame:
     """The previous check's last-deployment mean and sd for each (env, algo) row of `table`
     (NaN where the previous check did not have that pair)."""
@@ -85,12 +94,11 @@ def main() -> None:
     summary = []
     for (env, algo), g in df.groupby(["env", "algo"], sort=False):
         gain = g.last_deployment - g.random_policy
-        se = gain.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else np.nan
         summary.append({"env": env, "algo": algo, "seeds": len(g),
                         "random_policy": g.random_policy.mean(), "deployment_1": g.deployment_1.mean(),
                         "last_deployment": g.last_deployment.mean(), "last_sd": g.last_deployment.std(ddof=1),
                         "best_deployment": g.best_deployment.mean(),
-                        "clear_gain_over_random": bool(gain.mean() > 2 * se) if np.isfinite(se) else None,
+                        "clear_gain_over_random": clear_gain_over_random(gain),
                         "every_seed_beats_random": bool((gain > 0).all()),
                         "last_beats_deployment_1": bool((g.last_deployment > g.deployment_1).all())})
     table = pd.DataFrame(summary)

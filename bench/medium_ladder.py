@@ -27,7 +27,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
 from algos.config import load_profile  # noqa: E402
+from algos.run import PHASES  # noqa: E402  (metrics.csv's <phase>_s columns)
+from learning_check import clear_gain_over_random  # noqa: E402
 
 # K: budget divisor; f: TRPO iterations = Table 2 x f; samples: imagined samples per TRPO iteration;
 # epochs: model/labeler epoch cap (MOPO's too); bc_steps: BREMEN's BC steps; sac_steps and
@@ -37,7 +41,6 @@ RUNGS = {
     "R2": dict(K=5, f=0.05, samples=5000, epochs=30, bc_steps=10000, sac_steps=10000, rollout_batch=10000),
     "R3": dict(K=5, f=0.1, samples=10000, epochs=50, bc_steps=20000, sac_steps=20000, rollout_batch=20000),
 }
-PHASES = ("collect", "model", "labeler", "bc", "policy", "eval")  # metrics.csv's <phase>_s columns
 GATING = [("bremen", "halfcheetah"), ("mopo", "halfcheetah"), ("mopo", "hopper")]
 REPORTED = [("bremen", "hopper")]           # run and shown, not gating (config/medium.yaml: the rule)
 MAX_MEAN_CPU_MIN = 20.0
@@ -90,6 +93,23 @@ def ensure_run(rung: str, algo: str, env: str, seed: int) -> float:
     return minutes
 
 
+def run_side_by_side(todo: list[tuple], jobs: int) -> None:
+    """ensure_run for each of `todo`, `jobs` at a time; once one fails or is stopped (exit 75),
+    no further run starts, and the failure is raised when the running ones have ended."""
+    stopping = threading.Event()
+
+    def one(r: tuple) -> None:
+        if stopping.is_set():
+            return
+        try:
+            ensure_run(*r)
+        except BaseException:
+            stopping.set()
+            raise
+    with ThreadPoolExecutor(jobs) as pool:  # threads only wait on the run subprocesses
+        list(pool.map(one, todo))
+
+
 def read_run(rung: str, algo: str, env: str, seed: int) -> dict | None:
     out = run_dir(rung, algo, env, seed)
     if not ((out / "metrics.csv").is_file() and (out / "cpu_minutes.txt").is_file()):
@@ -110,9 +130,8 @@ def pair_verdict(runs: list[dict]) -> dict:
     last = np.array([r["returns_by_deployment"][-1] for r in runs])
     first = np.array([r["returns_by_deployment"][0] for r in runs])
     gain = last - np.array([r["random_policy"] for r in runs])
-    se = gain.std(ddof=1) / np.sqrt(len(gain))
     ends_above_first = bool((last > first).all())
-    clear_gain = bool(gain.mean() > 2 * se)
+    clear_gain = bool(clear_gain_over_random(gain))  # a single seed gives no clear gain
     return {"seeds": len(runs), "ends_above_deployment_1": ends_above_first, "clear_gain_over_random": clear_gain,
             "passes": ends_above_first and clear_gain, "mean_last": float(last.mean()),
             "mean_deployment_1": float(first.mean()), "mean_random": float(np.mean([r["random_policy"] for r in runs]))}
@@ -226,19 +245,8 @@ def main() -> None:
         if pick(rungs)["rung"] is not None:
             break  # the rule has picked: no further run can change it
         if not args.plot_only:
-            todo = [(rung, algo, env, seed) for algo, env in GATING + REPORTED for seed in args.seeds]
-            stopping = threading.Event()  # once a run fails or is stopped, start no further run
-
-            def one(r):
-                if stopping.is_set():
-                    return
-                try:
-                    ensure_run(*r)
-                except BaseException:
-                    stopping.set()
-                    raise
-            with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on the run subprocesses
-                list(pool.map(one, todo))
+            run_side_by_side([(rung, algo, env, seed) for algo, env in GATING + REPORTED for seed in args.seeds],
+                             args.jobs)
         rungs[rung] = evaluate_rung(rung, args.seeds)
     rungs = {r: rungs[r] for r in RUNGS if r in rungs}
     result = {"rule": "config/medium.yaml header (also docs/paper_to_code.md, 'The medium profile')",

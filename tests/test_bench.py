@@ -143,3 +143,12 @@ def test_eq12_inrun_measure_records_every_distance_at_the_runs_own_imagined_samp
     assert {f"eq12_{d}_share_at_1" for d in eq12_inrun.DISTANCES} | {f"median_d_{d}" for d in eq12_inrun.DISTANCES} <= names
     from algos.musbo import MUSBO
     assert MUSBO.eq12_distance.__name__ == "eq12_distance"                    # the recording wrapper is gone
+
+
+def test_clear_gain_over_random_is_the_mean_gain_above_two_standard_errors():
+    """The one rule behind learning_check's "clear_gain_over_random" and the medium ladder's gating pairs."""
+    import learning_check
+    assert learning_check.clear_gain_over_random([100.0, 110.0, 90.0]) is True      # se 5.8, mean 100
+    assert learning_check.clear_gain_over_random([300.0, -20.0, -10.0]) is False    # se 105, mean 90
+    assert learning_check.clear_gain_over_random([-5.0, -6.0, -4.0]) is False
+    assert learning_check.clear_gain_over_random([50.0]) is None                    # no standard error
