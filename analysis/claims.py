@@ -39,6 +39,11 @@ class Claim:
     verdict: str
     rule: str
     note: str = ""  # mechanisms the verdict relies on that were inactive in the runs (analysis/mechanisms.py)
+    seeds: str = "-"  # seeds behind the estimates the verdict compares: "5", or "3-5" when they differ
+
+
+def seeds_text(ns: list[int]) -> str:
+    return "-" if not ns else str(min(ns)) if min(ns) == max(ns) else f"{min(ns)}-{max(ns)}"
 
 
 def compare(a: Interval, b: Interval) -> str | None:
@@ -63,10 +68,38 @@ def verdict(outcomes: list[str | None], want: str, n_seeds: int) -> str:
     return f"{INCONCLUSIVE} at {n_seeds} seed{'s' if n_seeds != 1 else ''}"
 
 
-class Evidence:
+class Lookups:
+    """Looks up CIs (rows mean/low/high/n) and remembers the seeds behind each one, so that a
+    verdict can say what it rests on."""
+
+    def __init__(self):
+        self.seeds_seen: list[int] = []  # seeds behind each estimate looked up for the verdict being built
+
+    def pick(self, df: pd.DataFrame, **where) -> Interval:
+        r = df
+        for k, v in where.items():
+            r = r[r[k] == v] if len(r) else r
+        if r.empty:
+            return NO_ESTIMATE
+        r = r.iloc[0]
+        self.seeds_seen.append(int(r["n"]))
+        return Interval(float(r["mean"]), float(r.low), float(r.high))
+
+    def verdict(self, outcomes: list[str | None], want: str) -> str:
+        """`verdict` at the fewest seeds behind the estimates looked up for it."""
+        return verdict(outcomes, want, min(self.seeds_seen, default=0))
+
+    def take_seeds(self) -> str:
+        """The seeds behind the estimates looked up since the last call, as text; then forget them."""
+        text, self.seeds_seen = seeds_text(self.seeds_seen), []
+        return text
+
+
+class Evidence(Lookups):
     """The CIs the claims need, computed once."""
 
     def __init__(self, study: Study, mech: pd.DataFrame | None = None):
+        super().__init__()
         self.study = study
         self.mechanisms = mechanisms.table(study) if mech is None else mech
         runs = study.metrics[study.metrics.kind == "runs"]
@@ -76,16 +109,6 @@ class Evidence:
         self.novelty = summaries.ci_over_seeds(novelty, ["name", "deployment"], "cosine_similarity")
         self.model_eval = summaries.model_eval(study)
         self.aggregate = summaries.aggregate(study)
-
-    @staticmethod
-    def pick(df: pd.DataFrame, **where) -> Interval:
-        r = df
-        for k, v in where.items():
-            r = r[r[k] == v]
-        if r.empty:
-            return NO_ESTIMATE
-        r = r.iloc[0]
-        return Interval(float(r["mean"]), float(r.low), float(r.high))
 
     def ret(self, algo, env, budget, deployment) -> Interval:
         return self.pick(self.returns, name=algo, env=env, budget=budget, deployment=deployment)
@@ -97,7 +120,15 @@ class Evidence:
     def agg(self, measure, budget, name) -> Interval:
         r = self.aggregate[(self.aggregate.measure == measure) & (self.aggregate.budget == budget)
                            & (self.aggregate.name == name)]
-        return Interval(*r.iloc[0][["point", "low", "high"]]) if len(r) else NO_ESTIMATE
+        if not len(r):
+            return NO_ESTIMATE
+        if r.iloc[0].min_seeds:  # 0: no run at all
+            self.seeds_seen.append(int(r.iloc[0].min_seeds))
+        return Interval(*r.iloc[0][["point", "low", "high"]])
+
+    def claim(self, *fields, **named) -> Claim:
+        """A Claim that rests on the estimates looked up since the last one."""
+        return Claim(*fields, **named, seeds=self.take_seeds())
 
 
 def _baselines(study: Study) -> list[str]:
@@ -118,7 +149,7 @@ def _musbo_beats_baselines(ev: Evidence, cid, where, text, paper, env, budget, d
     if all(o is None for o in outcomes) and all(not np.isfinite(ev.ret("musbo", env, budget, d).point)
                                                 for d in deployments):
         outcomes = []
-    return Claim(cid, where, text, paper, "<br>".join(shown), verdict(outcomes, "above", len(study.seeds)), rule,
+    return ev.claim(cid, where, text, paper, "<br>".join(shown), ev.verdict(outcomes, "above"), rule,
                  ev.mechanism_note((env, budget)))
 
 
@@ -131,7 +162,6 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
     ev = Evidence(study, mech)
     cfg, claims = study.cfg, []
     has = {(e, b) for e in cfg["envs"] for b in cfg["budgets"]}
-    n_seeds = len(study.seeds)
 
     def I(env):  # noqa: E743 - the paper's name for the number of deployments
         return study.deployments(env)
@@ -160,9 +190,9 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
             shown.append(f"{label(b)}: deployment 1 {fmt_interval(first)} → {I(env)} {fmt_interval(last)}")
         if all(not np.isfinite(ev.ret(b, env, "500k", I(env)).point) for b in _baselines(study)):
             outcomes = []
-        claims.append(Claim("C3", "§4, Fig. 2", "Hopper (500k): the baselines (BREMEN, MOPO) are incapable of "
+        claims.append(ev.claim("C3", "§4, Fig. 2", "Hopper (500k): the baselines (BREMEN, MOPO) are incapable of "
                             "learning a meaningful policy.", "no number; Fig. 2 curves", "<br>".join(shown),
-                            verdict(outcomes, "below", n_seeds),
+                            ev.verdict(outcomes, "below"),
                             "holds if no baseline's final CI lies above its deployment-1 CI (deployment 1: "
                             "trained on the random-policy batch); does not hold if one does"))
     for k, env in enumerate(("ant", "cheetah-run", "halfcheetah")):
@@ -176,12 +206,13 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
         m2 = ev.ret("musbo", env, "500k", 2)
         o = None if not np.isfinite(m2.low) else ("above" if m2.low > CHEETAH_RUN_PAPER_SCORE else
                                                   "below" if m2.high < CHEETAH_RUN_PAPER_SCORE else "overlap")
-        claims.append(Claim("C5", "§4, Fig. 3", "Cheetah-Run (500k): MUSBO already reaches 550 points at the "
+        claims.append(ev.claim("C5", "§4, Fig. 3", "Cheetah-Run (500k): MUSBO already reaches 550 points at the "
                             "second deployment.", "550 at deployment 2", f"MUSBO at deployment 2: {fmt_interval(m2)}",
-                            verdict([o] if np.isfinite(m2.point) else [], "above", n_seeds),
+                            ev.verdict([o] if np.isfinite(m2.point) else [], "above"),
                             "MUSBO's deployment-2 CI above 550 (below: does not hold)"
                             + ("" if study.profile == "paper" else f"; profile {study.profile}'s smaller "
                                "budget makes this absolute number unreachable by design")))
+        m2 = ev.ret("musbo", env, "500k", 2)  # looked up again: C6 rests on it too
         outcomes, shown = [], []
         for b in _baselines(study):
             reach = [d for d in range(1, I(env) + 1)
@@ -194,10 +225,10 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
                     outcomes.append(compare(bi, m2) if np.isfinite(bi.point) else None)
         if not np.isfinite(m2.point):
             outcomes = []
-        claims.append(Claim("C6", "§4, Fig. 3", "Cheetah-Run (500k): the baselines need four to five deployments "
+        claims.append(ev.claim("C6", "§4, Fig. 3", "Cheetah-Run (500k): the baselines need four to five deployments "
                             "to reach MUSBO's deployment-2 score.", "4-5 deployments",
                             f"MUSBO at deployment 2: {fmt_interval(m2)}<br>" + "<br>".join(shown),
-                            verdict(outcomes, "below", n_seeds),
+                            ev.verdict(outcomes, "below"),
                             "both baselines' CIs at deployments 2 and 3 below MUSBO's deployment-2 CI",
                             ev.mechanism_note((env, "500k"))))
 
@@ -214,12 +245,12 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
             claims.append(_not_testable("C8", "§4, Fig. 4", text, "deployments 8-9 of 10",
                                         f"profile {study.profile} has I = {I(env)} deployments on Hopper"))
         else:
-            c = _musbo_beats_baselines(ev, "C8", "§4, Fig. 4", text, "deployments 8-9 of 10", env, "250k", [8, 9],
-                                       "MUSBO's CI above both baselines' at deployments 8 and 9 (earlier "
-                                       "deployments shown for the 'only')")
             earlier = [d for d in range(2, 8) if all(
                 compare(ev.ret("musbo", env, "250k", d), ev.ret(b, env, "250k", d)) == "above"
                 for b in _baselines(study))]
+            c = _musbo_beats_baselines(ev, "C8", "§4, Fig. 4", text, "deployments 8-9 of 10", env, "250k", [8, 9],
+                                       "MUSBO's CI above both baselines' at deployments 8 and 9 (earlier "
+                                       "deployments shown for the 'only')")
             c.ours += f"<br>MUSBO also above both at deployments: {earlier or 'none'}"
             claims.append(c)
     for k, env in enumerate(("ant", "cheetah-run", "halfcheetah")):
@@ -234,16 +265,16 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
             hi, lo = ev.agg("iqm", "500k", a), ev.agg("iqm", "250k", a)
             outcomes.append(compare(hi, lo) if np.isfinite(hi.point) and np.isfinite(lo.point) else None)
             shown.append(f"{label(a)}: 500k {fmt_interval(hi, 2)} vs 250k {fmt_interval(lo, 2)}")
-        claims.append(Claim("C10", "§4", "With half the data (250k), the performance of all algorithms is reduced.",
+        claims.append(ev.claim("C10", "§4", "With half the data (250k), the performance of all algorithms is reduced.",
                             "no number", "IQM of normalised final return across envs:<br>" + "<br>".join(shown),
-                            verdict(outcomes, "above", n_seeds),
+                            ev.verdict(outcomes, "above"),
                             "each algorithm's 500k IQM CI above its 250k IQM CI (stratified bootstrap over envs)"))
 
     # -- section 5: novelty (Table 1) and model accuracy (Fig. 6) --
     deps = range(2, study.deployments(cfg["novelty_env"]) + 1)
     paper_txt = "MUSBO vs BREMEN, deployment " + " · ".join(
         f"{d}: {PAPER_TABLE1['musbo'][d]:.3f} vs {PAPER_TABLE1['bremen'][d]:.3f}" for d in sorted(PAPER_TABLE1["musbo"]))
-    claims.append(Claim("C11", "§5, Table 1", "MUSBO's data collection finds much more novel transitions than "
+    claims.append(ev.claim("C11", "§5, Table 1", "MUSBO's data collection finds much more novel transitions than "
                         "BREMEN's (the paper's own numbers).", f"cosine similarity, {paper_txt}", "-", FAILS + " by the paper's own numbers",
                         "higher cosine similarity = LESS novelty: the paper's MUSBO values are higher than "
                         "BREMEN's at every deployment, so its own Table 1 contradicts the claim"))
@@ -253,9 +284,9 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
         if np.isfinite(m.point) and np.isfinite(b.point):
             outcomes.append(compare(m, b))
         shown.append(f"deployment {d}: MUSBO {fmt_interval(m, 3)} · BREMEN {fmt_interval(b, 3)}")
-    claims.append(Claim("C12", "§5, Table 1", f"MUSBO finds more novel data than BREMEN ({env_label(cfg['novelty_env'])}, "
+    claims.append(ev.claim("C12", "§5, Table 1", f"MUSBO finds more novel data than BREMEN ({env_label(cfg['novelty_env'])}, "
                         f"{SECTION5_BUDGET}; our runs).", paper_txt, "cosine similarity:<br>" + "<br>".join(shown),
-                        verdict(outcomes, "below", len(study.ablation_seeds)),
+                        ev.verdict(outcomes, "below"),
                         "more novel = LOWER similarity: MUSBO's CI below BREMEN's at every deployment ≥ 2",
                         ev.mechanism_note((cfg["novelty_env"], SECTION5_BUDGET))))
     n_dep = study.deployments(cfg["model_eval_env"])
@@ -264,12 +295,12 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
         m, b = ev.pick(d, name="musbo", deployment=n_dep), ev.pick(d, name="bremen", deployment=n_dep)
         first = (ev.pick(d, name="musbo", deployment=1), ev.pick(d, name="bremen", deployment=1))
         ok = np.isfinite(m.point) and np.isfinite(b.point)
-        claims.append(Claim(cid, "§5, Fig. 6", f"MUSBO learns a more accurate model than BREMEN: lower {what} of "
+        claims.append(ev.claim(cid, "§5, Fig. 6", f"MUSBO learns a more accurate model than BREMEN: lower {what} of "
                             f"imagined vs real rollouts as deployments increase ({env_label(cfg['model_eval_env'])}).",
                             "no number; Fig. 6 curves (close at first, MUSBO lower later)",
                             f"deployment 1: MUSBO {fmt_interval(first[0], 3)} · BREMEN {fmt_interval(first[1], 3)}<br>"
                             f"deployment {n_dep}: MUSBO {fmt_interval(m, 3)} · BREMEN {fmt_interval(b, 3)}",
-                            verdict([compare(m, b)] if ok else [], "below", len(study.ablation_seeds)),
+                            ev.verdict([compare(m, b)] if ok else [], "below"),
                             f"MUSBO's CI below BREMEN's at the last deployment ({n_dep})",
                             ev.mechanism_note((cfg["model_eval_env"], SECTION5_BUDGET))))
 
@@ -279,16 +310,18 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
     outcomes = [None if not np.isfinite(r.high) else "below" if r.high < 1.0 else "overlap"
                 for r in m_rows.itertuples()]
     all_monotone = len(m_rows) and bool((m_rows["mean"] == 1.0).all())
-    claims.append(Claim(
+    ev.seeds_seen.extend(int(n) for n in m_rows.n)
+    claims.append(ev.claim(
         "C16", "§3, Theorem 1", "MUSBO improves monotonically: the return does not drop from one deployment "
         "to the next.", "a guarantee (under the theorem's assumptions), no number",
         "MUSBO, share of steps i → i+1 without a drop of the eval return, per env and budget:<br>"
         + "<br>".join(f"{env_label(r.env)} {r.budget}: {fmt_interval(Interval(r.mean, r.low, r.high), 2)}"
                       for r in m_rows.itertuples()) + "<br>(all algorithms: the monotone-improvement section below)",
         ("not tested: runs missing" if not len(m_rows) else FAILS if any(o == "below" for o in outcomes)
-         else HOLDS if all_monotone and n_seeds > 1 else verdict(outcomes, "above", n_seeds)),
-        "holds if every MUSBO run (at least 2 seeds) never drops; does not hold if on some env and budget the CI "
-        "of the share lies below 1; otherwise inconclusive. Any drop counts (eval noise included)"))
+         else HOLDS if all_monotone and min(ev.seeds_seen) > 1 else ev.verdict(outcomes, "above")),
+        "holds if every MUSBO run (at least 2 seeds on each env and budget) never drops; does not hold if on "
+        "some env and budget the CI of the share lies below 1; otherwise inconclusive. Any drop counts (eval "
+        "noise included)"))
 
     # -- appendix F: time per run --
     projected = _projected_hours()
@@ -300,7 +333,7 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
                      + (f"{projected[env]:.1f} h" if env in projected else "-")
                      + " · measured " + (f"{meas.hours.iloc[0] * 60:.1f} min ({int(meas.runs.iloc[0])} runs, profile "
                                          f"{study.profile})" if len(meas) else "-"))
-    claims.append(Claim(
+    claims.append(ev.claim(
         "C17", "Appendix F", "One 500k run takes 7-26 h on a T4 GPU (Walker2d 18, Hopper 26, HalfCheetah 7, Ant 12, "
         "Cheetah-Run 8; 250k about 25 min less).", "7-26 h per run (T4)", "MUSBO, 500k:<br>" + "<br>".join(shown),
         f"not testable: no T4 here; projected = {PROJECTION_SOURCE}; measured = the summed phase times "
@@ -316,9 +349,9 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
             shown.append(f"P(MUSBO > {label(b)}) = {fmt_interval(p, 2)}")
         if all(not np.isfinite(ev.agg("poi", budget, f"musbo>{b}").point) for b in _baselines(study)):
             outcomes = []
-        claims.append(Claim(f"C15-{budget}", "Abstract, §6", f"MUSBO outperforms the baselines overall ({budget}).",
+        claims.append(ev.claim(f"C15-{budget}", "Abstract, §6", f"MUSBO outperforms the baselines overall ({budget}).",
                             "no number", "probability of improvement of the final return, across envs:<br>"
-                            + "<br>".join(shown), verdict(outcomes, "above", n_seeds),
+                            + "<br>".join(shown), ev.verdict(outcomes, "above"),
                             "for each baseline, the CI of P(MUSBO > baseline) above 0.5 (stratified bootstrap)",
                             ev.mechanism_note(*[(env, budget) for env in cfg["envs"]])))
     return claims
@@ -389,7 +422,7 @@ def readings_section(study: Study) -> list[str]:
     there (final return, ablation budget and seeds); then the Hopper claims C2, C3 under each reading
     that runs MUSBO and BREMEN on Hopper."""
     from analysis.figures import reading_finals
-    cfg, n_seeds = study.cfg, len(study.ablation_seeds)
+    cfg, look = study.cfg, Lookups()
     runs = reading_runs(cfg)
     lines = ["", "## Verdicts under each reading", ""]
     if not runs:
@@ -400,40 +433,45 @@ def readings_section(study: Study) -> list[str]:
     base = base[base.deployment == base.env.map(study.deployments)] if len(base) else base
     baselines = summaries.ci_over_seeds(base, ["name", "env"], "eval_return_mean")  # every algorithm's defaults
 
-    def get(df, name, env):
-        r = df[(df.name == name) & (df.env == env)]
-        return NO_ESTIMATE if r.empty else Interval(*r.iloc[0][["mean", "low", "high"]])
+    def versus_baselines(name, algo, env):
+        """MUSBO's final return (run `name`) against each baseline's defaults: a verdict each."""
+        out = {}
+        for b in _baselines(study):
+            look.take_seeds()
+            mine = look.pick(finals, name=name, env=env)
+            out[f"MUSBO > {label(b)}"] = ("-" if algo != "musbo" else "not tested: runs missing"
+                                          if not np.isfinite(mine.point) else
+                                          look.verdict([compare(mine, look.pick(baselines, name=b, env=env))], "above"))
+        return out
 
-    def versus_baselines(mine, algo, env):
-        return {f"MUSBO > {label(b)}": ("-" if algo != "musbo" else "not tested: runs missing"
-                                        if not np.isfinite(mine.point) else
-                                        verdict([compare(mine, get(baselines, b, env))], "above", n_seeds))
-                for b in _baselines(study)}
+    def final(name, env) -> tuple[Interval, str]:
+        look.take_seeds()
+        return look.pick(finals, name=name, env=env), look.take_seeds()
 
     rows, shown = [], set()  # grouped by algorithm (MUSBO first) and env (the ablation env first)
     for reading, algo, env, name in sorted(runs, key=lambda r: (r[1] != "musbo", r[1], r[2] != cfg["ablation_env"], r[2])):
         if (algo, env) not in shown:
             shown.add((algo, env))
-            default = get(finals, algo, env)
+            default, seeds = final(algo, env)
             rows.append({"Reading": "defaults", "Algorithm": label(algo), "Env": env_label(env), "Switches": "-",
-                         "Final return": fmt_interval(default, 0), "vs defaults": "-",
-                         **versus_baselines(default, algo, env)})
-        mine, default = get(finals, name, env), get(finals, algo, env)
+                         "Final return": fmt_interval(default, 0), "Seeds": seeds, "vs defaults": "-",
+                         **versus_baselines(algo, algo, env)})
+        (mine, seeds), (default, _) = final(name, env), final(algo, env)
         o = compare(mine, default)
         rows.append({"Reading": label(reading), "Algorithm": label(algo), "Env": env_label(env),
                      "Switches": f"`{', '.join(variant_of(cfg, 'readings', name)[1])}`",
-                     "Final return": fmt_interval(mine, 0),
+                     "Final return": fmt_interval(mine, 0), "Seeds": seeds,
                      "vs defaults": {"above": "higher", "below": "lower", "overlap": "overlapping CIs",
                                      None: "no CI"}[o] if np.isfinite(mine.point) else "no runs",
-                     **versus_baselines(mine, algo, env)})
+                     **versus_baselines(name, algo, env)})
     lines += [f"{cfg['ablation_budget']}, seeds {', '.join(map(str, study.ablation_seeds))}: final eval return "
               "[95 % CI] of each reading run and of the default run of its algorithm on its env; the baselines' "
               "columns (MUSBO's rows) apply the claims' rule (CIs must not overlap) to the final return on that "
               "env.", "", markdown_table(pd.DataFrame(rows)), ""]
-    return lines + _hopper_claims_under_readings(study, runs, n_seeds)
+    return lines + _hopper_claims_under_readings(study, runs)
 
 
-def _hopper_claims_under_readings(study: Study, runs, n_seeds: int) -> list[str]:
+def _hopper_claims_under_readings(study: Study, runs) -> list[str]:
     """C2 (MUSBO's final CI above both baselines') and C3 (no baseline's final CI above its
     deployment-1 CI) on Hopper at the ablation budget and seeds: with every algorithm's defaults,
     and under each reading that runs MUSBO and BREMEN there (MOPO, which no TRPO reading
@@ -450,27 +488,28 @@ def _hopper_claims_under_readings(study: Study, runs, n_seeds: int) -> list[str]
             + [("readings", names[r]) for r in readings] for n in by.values() for s in study.ablation_seeds]
     m = study._read_runs([k for k in keys if study.exists(k)], "metrics.csv")
     ci = summaries.ci_over_seeds(m, ["kind", "name", "deployment"], "eval_return_mean") if len(m) else m
-    last = study.deployments(env)
+    last, look = study.deployments(env), Lookups()
 
     def ret(kind, name, d):
-        r = ci[(ci.kind == kind) & (ci.name == name) & (ci.deployment == d)] if len(ci) else ci
-        return NO_ESTIMATE if r.empty else Interval(*r.iloc[0][["mean", "low", "high"]])
+        return look.pick(ci, kind=kind, name=name, deployment=d)
 
     rows = []
     for reading in [None] + readings:
         where = {a: ("readings", names[reading][a]) if reading and a in names[reading] else ("runs", a)
                  for a in study.algos}
-        m_last = ret(*where["musbo"], last) if "musbo" in where else NO_ESTIMATE
-        c2 = [compare(m_last, ret(*where[b], last)) if np.isfinite(m_last.point) and np.isfinite(
-            ret(*where[b], last).point) else None for b in _baselines(study)]
+        finals = {a: ret(*where[a], last) for a in study.algos}
+        m_last = finals.get("musbo", NO_ESTIMATE)
+        c2 = [compare(m_last, finals[b]) if np.isfinite(m_last.point) and np.isfinite(finals[b].point) else None
+              for b in _baselines(study)]
         c3 = []
         for b in _baselines(study):
-            o = compare(ret(*where[b], last), ret(*where[b], 1))
+            o = compare(finals[b], ret(*where[b], 1))
             c3.append(None if o is None else "below" if o in ("below", "overlap") else "above")
-        rows.append({"Runs": "defaults" if reading is None else f"{label(reading)} (MOPO: defaults)",
-                     **{label(a): fmt_interval(ret(*where[a], last), 0) for a in study.algos},
-                     "C2": verdict(c2 if any(o is not None for o in c2) else [], "above", n_seeds),
-                     "C3": verdict(c3 if any(o is not None for o in c3) else [], "below", n_seeds)})
+        row = {"Runs": "defaults" if reading is None else f"{label(reading)} (MOPO: defaults)",
+               **{label(a): fmt_interval(finals[a], 0) for a in study.algos},
+               "C2": look.verdict(c2 if any(o is not None for o in c2) else [], "above"),
+               "C3": look.verdict(c3 if any(o is not None for o in c3) else [], "below")}
+        rows.append({**row, "Seeds": look.take_seeds()})
     return [f"Hopper claims C2 (MUSBO's final CI above both baselines') and C3 (no baseline's final CI above "
             f"its deployment-1 CI) under each reading that runs MUSBO and BREMEN on Hopper ({budget}, seeds "
             f"{', '.join(map(str, study.ablation_seeds))}; final eval return [95 % CI]): a verdict that differs "
@@ -493,6 +532,8 @@ def claims(study: Study, out: Path) -> list[Path]:
     header += ["- Verdicts: **holds** = every comparison the claim needs goes its way with non-overlapping CIs; "
                "**does not hold** = at least one goes the other way with non-overlapping CIs; **inconclusive** = "
                "overlapping CIs (or one seed: no CI) at this number of seeds.",
+               "- Seeds: how many seeds (runs) stand behind the estimates a verdict compares; \"3-5\" when some "
+               "have fewer than others (runs missing), \"-\" when it compares none of ours.",
                *([f"- **With {len(study.seeds)} seeds a 95 % bootstrap CI is little more than the range of the "
                   "seeds' values: every verdict here is indicative only; the paper profile's 5 seeds (or more) "
                   "are needed for a real test.**"] if len(study.seeds) < 5 else []),
@@ -500,7 +541,7 @@ def claims(study: Study, out: Path) -> list[Path]:
                "higher similarity at every deployment, which contradicts its claim (C11).",
                "- ⚠ under a verdict: a mechanism that MUSBO-vs-baseline comparison relies on was inactive in "
                "those runs (section Mechanism activity below).", ""]
-    df = pd.DataFrame([{"#": c.id, "Where": c.where, "Claim": c.claim, "Paper": c.paper, "Ours": c.ours,
+    df = pd.DataFrame([{"#": c.id, "Where": c.where, "Claim": c.claim, "Paper": c.paper, "Ours": c.ours, "Seeds": c.seeds,
                         "Verdict": f"**{c.verdict}**" + "".join(f"<br>⚠ {n}" for n in c.note.split("<br>") if n),
                         "Rule": c.rule} for c in rows])
     kinds = [next(k for k in VERDICT_KINDS if c.verdict.startswith(k)) for c in rows]

@@ -67,8 +67,13 @@ def _per_env(df: pd.DataFrame, envs, value: str) -> list[np.ndarray]:
 def aggregate(study: Study) -> pd.DataFrame:
     """Across envs, per budget: IQM of normalised final returns per algorithm, and the
     probability that MUSBO's final return beats each baseline's, with stratified bootstrap
-    CIs (runs resampled within each env)."""
+    CIs (runs resampled within each env). min_seeds: the fewest runs (seeds) any env gives one
+    algorithm in the estimate."""
     scores = normalised_final_returns(study)
+
+    def min_seeds(*samples: pd.DataFrame) -> int:
+        return min((int(x.groupby("env").size().min()) for x in samples if len(x)), default=0)
+
     rows = []
     for budget in study.cfg["budgets"]:
         b = scores[(scores.budget == budget) & scores.score.notna()]
@@ -76,7 +81,7 @@ def aggregate(study: Study) -> pd.DataFrame:
         for algo in study.algos:
             a = b[b.name == algo]
             ci = metrics.stratified_iqm_ci(_per_env(a, envs, "score"))
-            rows.append(("iqm", budget, algo, *ci, a.env.nunique(), len(a)))
+            rows.append(("iqm", budget, algo, *ci, a.env.nunique(), len(a), min_seeds(a)))
         f = scores[scores.budget == budget]
         envs_f = [e for e in study.cfg["envs"] if e in set(f.env)]
         for base in [a for a in study.algos if a != "musbo"]:
@@ -84,8 +89,9 @@ def aggregate(study: Study) -> pd.DataFrame:
             ci = metrics.probability_of_improvement(_per_env(x, envs_f, "final_return"),
                                                     _per_env(y, envs_f, "final_return"))
             n_envs = len(set(x.env) & set(y.env))
-            rows.append(("poi", budget, f"musbo>{base}", *ci, n_envs, len(x) + len(y)))
-    return pd.DataFrame(rows, columns=["measure", "budget", "name", "point", "low", "high", "n_envs", "n_runs"])
+            rows.append(("poi", budget, f"musbo>{base}", *ci, n_envs, len(x) + len(y), min_seeds(x, y)))
+    return pd.DataFrame(rows, columns=["measure", "budget", "name", "point", "low", "high", "n_envs", "n_runs",
+                                       "min_seeds"])
 
 
 NOVELTY_READINGS = {"cosine_similarity": "mean over all pairs", "nn_cosine_similarity": "nearest neighbour"}

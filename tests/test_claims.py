@@ -1,6 +1,7 @@
 """The claims added for issue 14: Theorem 1's monotone improvement, appendix F's time per run,
 and the verdicts under each reading, on fake run directories with hand-set returns."""
 import copy
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -56,8 +57,12 @@ def test_theorem_1_claim_does_not_hold_when_every_run_drops_and_holds_when_none_
     for k in musbo_runs:
         n = s.deployments(k.env)
         set_returns(s, k, np.arange(n, dtype=float))            # strictly increasing: monotone, 2 seeds
+    # the fixture runs Table 1 / Fig. 6 (Cheetah-Run) on one seed: point them at the 2-seed env
+    two_seeds_everywhere = {**s.cfg, "novelty_env": "halfcheetah", "model_eval_env": "halfcheetah"}
+    c16 = next(c for c in claims.collect_claims(Study(two_seeds_everywhere, s.root)) if c.id == "C16")
+    assert c16.verdict == claims.HOLDS and c16.seeds == "2"
     c16 = next(c for c in claims.collect_claims(Study(s.cfg, s.root)) if c.id == "C16")
-    assert c16.verdict == claims.HOLDS
+    assert c16.verdict.startswith(claims.INCONCLUSIVE) and c16.seeds == "1-2"   # Cheetah-Run: one seed
     for k in musbo_runs:
         n = s.deployments(k.env)
         set_returns(s, k, -np.arange(n, dtype=float))           # always dropping: share 0
@@ -121,3 +126,18 @@ def test_hopper_claims_c2_c3_under_a_reading_that_runs_musbo_and_bremen(tmp_path
     rows = [line for line in text.split("| Runs |")[0].splitlines() if line.startswith("| batch full")]
     assert len(rows) == 2 and all("higher" in r or "overlapping" in r for r in rows[1:])  # BREMEN's: vs its own
     assert "`trpo.batch_assembly=full`" in rows[0]
+
+
+def test_each_verdict_says_how_many_seeds_it_rests_on(study, tmp_path):
+    root = tmp_path / "mini"
+    shutil.copytree(study.root, root)
+    shutil.rmtree(RunKey("runs", "musbo", "hopper", "500k", 1).path(root))    # MUSBO Hopper: seed 0 only
+    s = Study(study.cfg, root)
+    found = {c.id: c for c in claims.collect_claims(s)}
+    assert found["C2"].seeds == "1-2"            # MUSBO's CI on one seed, the baselines' on two
+    assert found["C2"].verdict.startswith(claims.INCONCLUSIVE)
+    assert found["C3"].seeds == "2"              # the baselines only
+    assert found["C11"].seeds == "-"             # the paper's own numbers
+    claims.claims(s, tmp_path / "out")
+    table = (tmp_path / "out" / "claims.md").read_text()
+    assert "| Ours | Seeds | Verdict |" in table and "| 1-2 | **inconclusive" in table
