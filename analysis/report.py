@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from algos.run import PHASES
 from analysis.figures import PAPER_FIGURES, env_label, label
 from analysis.output import markdown_table, write_text
 from analysis.results import Study
 from analysis.tables import TABLE1, TABLE2, TABLE2_PROFILE
 
-PHASES = ("collect", "model", "labeler", "bc", "policy", "eval")
 
 # (output name, heading, what it shows); Figs. 2-5 are described from PAPER_FIGURES
 SECTIONS = [

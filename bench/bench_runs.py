@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from algos.config import ALGOS, load_profile, resolve_run_config  # noqa: E402
+from algos.run import PHASES  # noqa: E402
 from envs import ENV_NAMES  # noqa: E402
 
-PHASES = ("collect", "model", "labeler", "bc", "policy", "eval")
 # 250k runs have half the data of 500k runs; measured mini runs take about this fraction of the time.
 BUDGET_250K_TIME_FRACTION = 0.7
 

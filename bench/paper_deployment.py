@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from algos.config import resolve_run_config  # noqa: E402
 from algos.rundir import read_checkpoint  # noqa: E402
+from algos.run import PHASES  # noqa: E402
 
-PHASES = ("collect", "labeler", "model", "bc", "policy", "eval")
 ALGO, ENV, BUDGET, SEED = "musbo", "halfcheetah", "500k", 0
 # option -> (config keys it sets, default for the paper-size run, default for --tiny)
 REDUCTIONS = {
