@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +43,24 @@ def ensure_run(profile: str, algo: str, env: str, seed: int, out: Path) -> None:
     print(f"learning_check: running {profile} {algo} {env} seed {seed} -> {out}", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "algos.run", "--algo", algo, "--env", env, "--budget", "500k",
                     "--seed", str(seed), "--profile", profile, "--out", str(out)], cwd=ROOT, check=True)
+
+
+def run_each(start, todo: list[tuple], jobs: int) -> None:
+    """start(*r) for each r of `todo`, `jobs` at a time (start runs a run subprocess and waits);
+    once one fails or is stopped (exit 75), no further one starts, and the failure is raised when
+    the running ones have ended."""
+    stopping = threading.Event()
+
+    def one(r: tuple) -> None:
+        if stopping.is_set():
+            return
+        try:
+            start(*r)
+        except BaseException:
+            stopping.set()
+            raise
+    with ThreadPoolExecutor(jobs) as pool:  # threads only wait on the run subprocesses
+        list(pool.map(one, todo))
 
 
 def clear_gain_over_random(gains) -> bool | None:
@@ -79,8 +98,7 @@ def main() -> None:
     grid_seeds = load_profile(args.profile)["seeds"]
     runs = [(algo, env, seed, run_dir(args.profile, algo, env, seed, grid_seeds))
             for env in args.envs for algo in args.algos for seed in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on the run subprocesses
-        list(pool.map(lambda r: ensure_run(args.profile, *r), runs))
+    run_each(lambda *r: ensure_run(args.profile, *r), runs, args.jobs)
     rows = []
     for algo, env, seed, out in runs:
         metrics = pd.read_csv(out / "metrics.csv")

@@ -17,8 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from algos.config import load_profile  # noqa: E402
 from algos.run import PHASES  # noqa: E402  (metrics.csv's <phase>_s columns)
-from learning_check import clear_gain_over_random  # noqa: E402
+from learning_check import clear_gain_over_random, run_each  # noqa: E402
 
 # K: budget divisor; f: TRPO iterations = Table 2 x f; samples: imagined samples per TRPO iteration;
 # epochs: model/labeler epoch cap (MOPO's too); bc_steps: BREMEN's BC steps; sac_steps and
@@ -91,23 +89,6 @@ def ensure_run(rung: str, algo: str, env: str, seed: int) -> float:
     cpu_file.write_text(f"{minutes:.3f}\n")
     partial_file.unlink(missing_ok=True)
     return minutes
-
-
-def run_side_by_side(todo: list[tuple], jobs: int) -> None:
-    """ensure_run for each of `todo`, `jobs` at a time; once one fails or is stopped (exit 75),
-    no further run starts, and the failure is raised when the running ones have ended."""
-    stopping = threading.Event()
-
-    def one(r: tuple) -> None:
-        if stopping.is_set():
-            return
-        try:
-            ensure_run(*r)
-        except BaseException:
-            stopping.set()
-            raise
-    with ThreadPoolExecutor(jobs) as pool:  # threads only wait on the run subprocesses
-        list(pool.map(one, todo))
 
 
 def read_run(rung: str, algo: str, env: str, seed: int) -> dict | None:
@@ -245,8 +226,8 @@ def main() -> None:
         if pick(rungs)["rung"] is not None:
             break  # the rule has picked: no further run can change it
         if not args.plot_only:
-            run_side_by_side([(rung, algo, env, seed) for algo, env in GATING + REPORTED for seed in args.seeds],
-                             args.jobs)
+            run_each(ensure_run, [(rung, algo, env, seed) for algo, env in GATING + REPORTED for seed in args.seeds],
+                     args.jobs)
         rungs[rung] = evaluate_rung(rung, args.seeds)
     rungs = {r: rungs[r] for r in RUNGS if r in rungs}
     result = {"rule": "config/medium.yaml header (also docs/paper_to_code.md, 'The medium profile')",

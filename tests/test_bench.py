@@ -2,6 +2,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import profile_run  # noqa: E402
@@ -152,3 +154,21 @@ def test_clear_gain_over_random_is_the_mean_gain_above_two_standard_errors():
     assert learning_check.clear_gain_over_random([300.0, -20.0, -10.0]) is False    # se 105, mean 90
     assert learning_check.clear_gain_over_random([-5.0, -6.0, -4.0]) is False
     assert learning_check.clear_gain_over_random([50.0]) is None                    # no standard error
+
+
+def test_run_each_starts_no_run_after_one_fails():
+    """learning_check and the medium ladder: a failed (or stopped) run stops the queue; the runs
+    already going finish, and the failure reaches the caller."""
+    import learning_check
+    started = []
+
+    def start(name):
+        started.append(name)
+        if name == "b":
+            raise SystemExit("b exited 75")
+    with pytest.raises(SystemExit, match="b exited 75"):
+        learning_check.run_each(start, [("a",), ("b",), ("c",), ("d",)], jobs=1)
+    assert started == ["a", "b"]
+    started.clear()
+    learning_check.run_each(start, [("a",), ("c",)], jobs=2)
+    assert sorted(started) == ["a", "c"]
