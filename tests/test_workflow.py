@@ -214,17 +214,18 @@ def test_one_figure_as_typed_schedules_exactly_its_runs(clone):
     assert {(w["env"], w["budget"]) for rule, w in jobs if rule == "run"} == {("walker2d", "500k"), ("hopper", "500k")}
 
 
-def test_committed_mini_runs_are_up_to_date_on_a_fresh_clone(clone):
-    # `make figures` on a fresh clone redraws; it redoes no committed run (their configs are
-    # committed beside them and checked out first).
+@pytest.mark.parametrize("profile", ["mini", "medium"])
+def test_committed_runs_are_up_to_date_on_a_fresh_clone(clone, profile):
+    # `make figures` (mini) or the medium grid's command on a fresh clone redraws; it redoes no
+    # committed run (their configs are committed beside them and checked out first).
     committed = sorted(p for kind in ("runs", "ablations", "readings")
-                       for p in (clone / "results/mini" / kind).glob("*/*/*/seed*") if (p / "metrics.csv").is_file())
-    assert committed, "no committed mini run"
+                       for p in (clone / "results" / profile / kind).glob("*/*/*/seed*") if (p / "metrics.csv").is_file())
+    assert committed, f"no committed {profile} run"
     for run in committed:
         assert Path(f"{run}.run_config.yaml").is_file(), f"{run}: its run config is not committed"
-    jobs = dry_run("all", "--configfile=config/mini.yaml", cwd=clone, force=False)
+    jobs = dry_run("all", f"--configfile=config/{profile}.yaml", cwd=clone, force=False)
     redone = [(rule, w) for rule, w in jobs if rule in TRAINING_RULES
-              and (clone / "results/mini" / {"run": "runs", "ablation_run": "ablations", "reading_run": "readings"}[rule]
+              and (clone / "results" / profile / {"run": "runs", "ablation_run": "ablations", "reading_run": "readings"}[rule]
                    / (w.get("algo") or w.get("ablation") or w.get("reading")) / w["env"] / w["budget"] / f"seed{w['seed']}"
                    / "metrics.csv").is_file()]
     assert not redone, redone
