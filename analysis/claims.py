@@ -82,8 +82,16 @@ class Lookups:
         if r.empty:
             return NO_ESTIMATE
         r = r.iloc[0]
-        self.seeds_seen.append(int(r["n"]))
+        self.saw(int(r["n"]))
         return Interval(float(r["mean"]), float(r.low), float(r.high))
+
+    def saw(self, *n_seeds: int):
+        """Count estimates that rest on these numbers of seeds towards the verdict being built."""
+        self.seeds_seen.extend(n_seeds)
+
+    def reset(self):
+        """Start a new verdict: forget the seeds seen so far."""
+        self.seeds_seen = []
 
     def verdict(self, outcomes: list[str | None], want: str) -> str:
         """`verdict` at the fewest seeds behind the estimates looked up for it."""
@@ -91,7 +99,8 @@ class Lookups:
 
     def take_seeds(self) -> str:
         """The seeds behind the estimates looked up since the last call, as text; then forget them."""
-        text, self.seeds_seen = seeds_text(self.seeds_seen), []
+        text = seeds_text(self.seeds_seen)
+        self.reset()
         return text
 
 
@@ -123,7 +132,7 @@ class Evidence(Lookups):
         if not len(r):
             return NO_ESTIMATE
         if r.iloc[0].min_seeds:  # 0: no run at all
-            self.seeds_seen.append(int(r.iloc[0].min_seeds))
+            self.saw(int(r.iloc[0].min_seeds))
         return Interval(*r.iloc[0][["point", "low", "high"]])
 
     def claim(self, *fields, **named) -> Claim:
@@ -310,7 +319,7 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
     outcomes = [None if not np.isfinite(r.high) else "below" if r.high < 1.0 else "overlap"
                 for r in m_rows.itertuples()]
     all_monotone = len(m_rows) and bool((m_rows["mean"] == 1.0).all())
-    ev.seeds_seen.extend(int(n) for n in m_rows.n)
+    ev.saw(*(int(n) for n in m_rows.n))
     claims.append(ev.claim(
         "C16", "§3, Theorem 1", "MUSBO improves monotonically: the return does not drop from one deployment "
         "to the next.", "a guarantee (under the theorem's assumptions), no number",
@@ -435,17 +444,18 @@ def readings_section(study: Study) -> list[str]:
 
     def versus_baselines(name, algo, env):
         """MUSBO's final return (run `name`) against each baseline's defaults: a verdict each."""
+        if algo != "musbo":
+            return {f"MUSBO > {label(b)}": "-" for b in _baselines(study)}
         out = {}
         for b in _baselines(study):
-            look.take_seeds()
+            look.reset()
             mine = look.pick(finals, name=name, env=env)
-            out[f"MUSBO > {label(b)}"] = ("-" if algo != "musbo" else "not tested: runs missing"
-                                          if not np.isfinite(mine.point) else
+            out[f"MUSBO > {label(b)}"] = ("not tested: runs missing" if not np.isfinite(mine.point) else
                                           look.verdict([compare(mine, look.pick(baselines, name=b, env=env))], "above"))
         return out
 
     def final(name, env) -> tuple[Interval, str]:
-        look.take_seeds()
+        look.reset()
         return look.pick(finals, name=name, env=env), look.take_seeds()
 
     rows, shown = [], set()  # grouped by algorithm (MUSBO first) and env (the ablation env first)
