@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from algos.config import reading_runs, variant_of
+from algos.config import read_config_file, reading_runs, variant_of
 from analysis import mechanisms, summaries
 from analysis.figures import env_label, label
 from analysis.metrics import NO_ESTIMATE, Interval
@@ -425,6 +425,55 @@ def time_section(study: Study) -> list[str]:
             markdown_table(pd.DataFrame(rows)), ""]
 
 
+COMPARED = {"above": "higher", "below": "lower", "overlap": "overlapping CIs", None: "no CI"}  # compare() in a table
+
+
+def ablations_section(study: Study) -> list[str]:
+    """Each ablation of MUSBO (config `ablations`) on the ablation env, at the ablation budget and
+    seeds: its final return against MUSBO's defaults and each baseline's defaults there (the claims'
+    rule: CIs must not overlap), beside the exploration noise it ran with (eq. 22, scalars.csv)."""
+    cfg, look = study.cfg, Lookups()
+    env, budget, seeds = cfg["ablation_env"], cfg["ablation_budget"], study.ablation_seeds
+    lines = ["", "## Ablations of MUSBO (beyond the paper)", ""]
+    if not cfg.get("ablations"):
+        return lines + ["This profile runs no ablations (config `ablations` is empty).", ""]
+    curves = pd.concat([study.curves("runs", study.algos, env, budget, seeds),
+                        study.curves("ablations", cfg["ablations"], env, budget, seeds)])
+    last = curves[curves.deployment == study.deployments(env)]
+    finals = summaries.ci_over_seeds(last, ["name"], "eval_return_mean") if len(last) else last
+    rows = []
+    for name in ["musbo", *cfg["ablations"]]:
+        look.reset()
+        mine = look.pick(finals, name=name)
+        row = {"Runs": "MUSBO, defaults" if name == "musbo" else label(name),
+               "Switches": "-" if name == "musbo" else f"`{', '.join(variant_of(cfg, 'ablations', name)[1])}`",
+               "Final return": fmt_interval(mine, 0) if np.isfinite(mine.point) else "no runs",
+               "Seeds": look.take_seeds(), **_exploration(study, "ablations" if name != "musbo" else "runs", name)}
+        for ref in ["musbo", *_baselines(study)]:
+            row[f"vs {label(ref)} defaults"] = ("-" if ref == name or not np.isfinite(mine.point)
+                                                else COMPARED[compare(mine, look.pick(finals, name=ref))])
+        rows.append(row)
+    return lines + [f"{env_label(env)}, {budget}, seeds {', '.join(map(str, seeds))}: final eval return [95 % CI] "
+                    "of MUSBO with its defaults and under each ablation, against MUSBO's and each baseline's "
+                    "defaults (higher / lower: the CIs do not overlap); eq. 22's noise std and the share of "
+                    "action entries it clipped, mean over the runs' collections (deployments ≥ 2).", "",
+                    markdown_table(pd.DataFrame(rows)), ""]
+
+
+def _exploration(study: Study, kind: str, name: str) -> dict:
+    """Eq. 22's noise std and clipped share in the runs of one ablation (or MUSBO's defaults), mean over seeds."""
+    c = study.cfg
+    values = [mechanisms.run_row(summaries.read_scalars(k.path(study.root) / "scalars.csv"),
+                                 pd.read_csv(k.path(study.root) / "metrics.csv"),
+                                 read_config_file(k.path(study.root) / "config.yaml"), "musbo", k.env)
+              for k in study.curve_keys([name], c["ablation_env"], c["ablation_budget"], study.ablation_seeds, kind)
+              if study.exists(k)]
+    mean = {q: pd.Series([v[q] for v in values], dtype=float).mean()  # NaN: not recorded, skipped
+            for q in ("eq22_noise_std", "eq22_clipped_share")}
+    return {"eq. 22 noise std": mechanisms.num(mean["eq22_noise_std"]),
+            "eq. 22 clipped": mechanisms.pct(mean["eq22_clipped_share"])}
+
+
 def readings_section(study: Study) -> list[str]:
     """The verdicts under each reading (eqs. 9, 12, 22; the batch assembly; ...): each reading run
     against the default run of its algorithm on its env, and MUSBO's against each baseline's default
@@ -471,8 +520,7 @@ def readings_section(study: Study) -> list[str]:
         rows.append({"Reading": label(reading), "Algorithm": label(algo), "Env": env_label(env),
                      "Switches": f"`{', '.join(variant_of(cfg, 'readings', name)[1])}`",
                      "Final return": fmt_interval(mine, 0), "Seeds": seeds,
-                     "vs defaults": {"above": "higher", "below": "lower", "overlap": "overlapping CIs",
-                                     None: "no CI"}[o] if np.isfinite(mine.point) else "no runs",
+                     "vs defaults": COMPARED[o] if np.isfinite(mine.point) else "no runs",
                      **versus_baselines(name, algo, env)})
     lines += [f"{cfg['ablation_budget']}, seeds {', '.join(map(str, study.ablation_seeds))}: final eval return "
               "[95 % CI] of each reading run and of the default run of its algorithm on its env; the baselines' "
@@ -558,7 +606,7 @@ def claims(study: Study, out: Path) -> list[Path]:
     summary = ["", "Summary: " + ", ".join(f"{kinds.count(k)} {k}" for k in VERDICT_KINDS if k in kinds), ""]
     csv = pd.DataFrame([c.__dict__ for c in rows]).assign(ours=lambda d: d.ours.str.replace("<br>", "; "),
                                                           note=lambda d: d.note.str.replace("<br>", " | "))
-    sections = monotone_section(study) + time_section(study) + readings_section(study) + mechanisms.section(mech)
+    sections = monotone_section(study) + time_section(study) + ablations_section(study) + readings_section(study) + mechanisms.section(mech)
     return [write_text(Path(out) / "claims.md", "\n".join(header) + "\n" + markdown_table(df) + "\n".join(summary)
                        + "\n".join(sections)),
             write_csv(Path(out) / "claims.csv", csv), write_csv(Path(out) / "mechanisms.csv", mech)]

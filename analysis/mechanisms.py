@@ -138,13 +138,13 @@ def inactive(row: dict) -> list[tuple[str, str, str]]:
         for bound in (0, 1):
             share = row[f"{eq}_share_at_{bound}"]
             if share > DEGENERATE_SHARE:
-                out.append((eq, _pct(share), f"of the {labels} within {LABEL_TOL:g} of {bound}"))
+                out.append((eq, pct(share), f"of the {labels} within {LABEL_TOL:g} of {bound}"))
     for bound, q, degenerate in ((1, "p10", row["eq12_p10"] >= 1 - LABEL_TOL), (0, "p90", row["eq12_p90"] <= LABEL_TOL)):
         if np.isnan(row[f"eq12_share_at_{bound}"]) and degenerate:
             out.append(("eq12", f"{row[f'eq12_{q}']:.3f}", f"= mean {q} of the imagined (eq. 12) labels: about 90 % or "
                         f"more of them within {LABEL_TOL:g} of {bound} (shares not recorded by these runs)"))
     if row["eq22_clipped_share"] > CLIPPED_SHARE:
-        out.append(("eq22", _pct(row["eq22_clipped_share"]), f"of the action entries clipped (> {_pct(CLIPPED_SHARE)})"))
+        out.append(("eq22", pct(row["eq22_clipped_share"]), f"of the action entries clipped (> {pct(CLIPPED_SHARE)})"))
     if row["bc_loss_over_random"] >= BC_RANDOM_LEVEL:
         out.append(("bc", f"{row['bc_loss_over_random']:.2f}", "= final BC loss / that of cloning uniform-random actions "
                     f"(≥ {BC_RANDOM_LEVEL:g})"))
@@ -185,11 +185,11 @@ def notes(mech: pd.DataFrame, scopes) -> list[str]:
             for k in MECHANISMS for (key, what), values in found.items() if key == k]
 
 
-def _pct(x) -> str:
+def pct(x) -> str:
     return "n/a" if pd.isna(x) else f"{100 * x:.0f} %"
 
 
-def _num(x) -> str:
+def num(x) -> str:
     return "n/a" if pd.isna(x) else f"{x:.3g}"
 
 
@@ -203,8 +203,8 @@ def section(mech: pd.DataFrame) -> list[str]:
     lines = ["", "## Mechanism activity", "",
              "From each main run's scalars.csv: per algorithm, env and budget, the mean over the seeds shown "
              "(analysis/mechanisms.py says how each number is reduced; all of them in mechanisms.csv). "
-             f"**Inactive** (docs/paper_to_code.md, \"Readings\"): more than {_pct(DEGENERATE_SHARE)} of the eq. 9 "
-             f"or eq. 12 labels within {LABEL_TOL:g} of 0 or of 1; more than {_pct(CLIPPED_SHARE)} of eq. 22's "
+             f"**Inactive** (docs/paper_to_code.md, \"Readings\"): more than {pct(DEGENERATE_SHARE)} of the eq. 9 "
+             f"or eq. 12 labels within {LABEL_TOL:g} of 0 or of 1; more than {pct(CLIPPED_SHARE)} of eq. 22's "
              f"action entries clipped; a final BC loss (deployments ≥ 2) of at least {BC_RANDOM_LEVEL:g} × the "
              "loss of cloning uniform-random actions on the same data. The claims above carry a note where a "
              "mechanism they rely on was inactive. n/a: not recorded by these runs.", ""]
@@ -219,22 +219,22 @@ def section(mech: pd.DataFrame) -> list[str]:
         return {"Algorithm": label(r["algo"]), "Env": env_label(r["env"]), "Budget": r["budget"], "Seeds": r["seeds"]}
 
     labels = [where(r) | {
-        "eq. 9 mean": _num(r["eq9_mean"]), "eq. 9 p10": _num(r["eq9_p10"]), "eq. 9 at 0": _pct(r["eq9_share_at_0"]),
-        "eq. 9 at 1": _pct(r["eq9_share_at_1"]), "eq. 12 mean": _num(r["eq12_mean"]),
-        "eq. 12 p10": _num(r["eq12_p10"]), "eq. 12 within 0.01 of 1": _pct(r["eq12_share_at_1"]),
-        "eq. 22 noise std": _num(r["eq22_noise_std"]), "eq. 22 clipped": _pct(r["eq22_clipped_share"]),
+        "eq. 9 mean": num(r["eq9_mean"]), "eq. 9 p10": num(r["eq9_p10"]), "eq. 9 at 0": pct(r["eq9_share_at_0"]),
+        "eq. 9 at 1": pct(r["eq9_share_at_1"]), "eq. 12 mean": num(r["eq12_mean"]),
+        "eq. 12 p10": num(r["eq12_p10"]), "eq. 12 within 0.01 of 1": pct(r["eq12_share_at_1"]),
+        "eq. 22 noise std": num(r["eq22_noise_std"]), "eq. 22 clipped": pct(r["eq22_clipped_share"]),
         "Inactive": _inactive_titles(r, ("eq9", "eq12", "eq22"))}
         for r in rows(["eq9_mean", "eq12_mean", "eq22_clipped_share"])]
     policy = [where(r) | {
-        "BC loss, final (i ≥ 2)": _num(r["bc_loss"]), "random-action loss": _num(r["bc_random_action_loss"])
-        + (" (derived)" if r["bc_reference"] == "derived" else ""), "ratio": _num(r["bc_loss_over_random"]),
-        "policy std after BC": _num(r["policy_std_after_bc"]), "TRPO sampling std": _num(r["sample_std"]),
-        "KL / δ": _num(r["kl_over_delta"]), "step fraction": _num(r["step_fraction"]),
-        "padding share": _pct(r["padding_share"]), "imagined return (last)": _num(r["imagined_return"]),
-        "real return (last)": _num(r["real_return"]), "Inactive": _inactive_titles(r, ("bc",))}
+        "BC loss, final (i ≥ 2)": num(r["bc_loss"]), "random-action loss": num(r["bc_random_action_loss"])
+        + (" (derived)" if r["bc_reference"] == "derived" else ""), "ratio": num(r["bc_loss_over_random"]),
+        "policy std after BC": num(r["policy_std_after_bc"]), "TRPO sampling std": num(r["sample_std"]),
+        "KL / δ": num(r["kl_over_delta"]), "step fraction": num(r["step_fraction"]),
+        "padding share": pct(r["padding_share"]), "imagined return (last)": num(r["imagined_return"]),
+        "real return (last)": num(r["real_return"]), "Inactive": _inactive_titles(r, ("bc",))}
         for r in rows(["bc_loss", "kl_over_delta", "imagined_return"])]
-    mopo = [where(r) | {"λ × mean penalty": _num(r["mopo_penalty"]), "mean model reward": _num(r["mopo_model_reward"]),
-                        "real return (last)": _num(r["real_return"])}
+    mopo = [where(r) | {"λ × mean penalty": num(r["mopo_penalty"]), "mean model reward": num(r["mopo_model_reward"]),
+                        "real return (last)": num(r["real_return"])}
             for r in rows(["mopo_penalty", "mopo_model_reward"])]
     for title, shown, text in (
             ("MUSBO's labels and exploration (eqs. 9, 12, 22)", labels,

@@ -141,3 +141,34 @@ def test_each_verdict_says_how_many_seeds_it_rests_on(study, tmp_path):
     claims.claims(s, tmp_path / "out")
     table = (tmp_path / "out" / "claims.md").read_text()
     assert "| Ours | Seeds | Verdict |" in table and "| 1-2 | **inconclusive" in table
+
+
+def test_ablations_section_compares_each_ablation_with_musbo_and_the_baselines(tmp_path):
+    """The ablation table: each ablation's final-return CI against MUSBO's defaults and each
+    baseline's (higher / lower only when the CIs do not overlap), its seeds, and eq. 22's noise
+    as its runs recorded it."""
+    cfg = copy.deepcopy(load_profile("mini"))
+    cfg["seeds"], cfg["ablation_seeds"] = [0, 1], [0, 1]
+    cfg["envs"], cfg["budgets"], cfg["readings"] = ["halfcheetah"], ["500k"], []
+    root = tmp_path / "mini"
+    write_fake_results(root, cfg, with_batches=False)
+    s = Study(cfg, root)
+    env, budget = cfg["ablation_env"], cfg["ablation_budget"]
+    finals = {("runs", "musbo"): (0, 1), ("runs", "bremen"): (1000, 1200), ("runs", "mopo"): (-50, -40),
+              ("ablations", "exploration_one_minus_u"): (1050, 1150), ("ablations", "no_exploration_noise"): (-1, 300)}
+    for (kind, name), by_seed in finals.items():
+        for seed, final in enumerate(by_seed):
+            set_returns(s, RunKey(kind, name, env, budget, seed), [0, 0, 0, 0, final])
+    shutil.rmtree(RunKey("ablations", "no_uncertainty_weighting", env, budget, 1).path(root))
+    scalars = pd.DataFrame({"deployment": [2, 2, 3, 3], "phase": "exploration", "step": 0,
+                            "name": ["eq22_noise_std_mean", "eq22_clipped_share"] * 2, "value": [0.8, 0.2, 0.9, 0.3]})
+    for seed in (0, 1):
+        scalars.to_csv(RunKey("runs", "musbo", env, budget, seed).path(root) / "scalars.csv", index=False)
+    text = "\n".join(claims.ablations_section(Study(cfg, root)))
+    header = "| Runs | Switches | Final return | Seeds | eq. 22 noise std | eq. 22 clipped | vs MUSBO defaults | "
+    assert header + "vs BREMEN defaults | vs MOPO defaults |" in text
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| ")}
+    assert rows["MUSBO, defaults"][2:8] == ["2", "0.85", "25 %", "-", "lower", "higher |"]
+    assert rows["exploration one minus u"][2:] == ["2", "n/a", "n/a", "higher", "overlapping CIs", "higher |"]
+    assert rows["no exploration noise"][5:7] == ["overlapping CIs", "lower"]
+    assert rows["no uncertainty weighting"][2] == "1" and rows["no uncertainty weighting"][5] == "no CI"
