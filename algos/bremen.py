@@ -54,7 +54,12 @@ class BREMEN:
             # reward reads x-velocity as BREMEN's reward functions do (bremen.model_reward_velocity_from).
             train_in_model(self.policy, self.dynamics, dataset.start_states(cfg["start_states"]),
                            prediction_box(cfg["trpo"]["clip_predictions"], data), cfg, self.b["member_choice"], gen,
-                           scalars=self.scalars, reward_velocity_from=self.b["model_reward_velocity_from"])
+                           scalars=self.scalars, reward_velocity_from=self.reward_velocity_from)
+
+    @property
+    def reward_velocity_from(self) -> str:
+        """The state TRPO's model reward reads x-velocity from (envs/model_side.py: VELOCITY_FROM)."""
+        return self.b["model_reward_velocity_from"]
 
     def model_stopping(self) -> StoppingRule:
         """BREMEN's dynamics fit (model/dynamics.py:195-214): up to 200 epochs, validated every 5,

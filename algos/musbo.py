@@ -20,6 +20,8 @@ from algos.core.training import Patience, fit_ensemble, make_ensemble
 
 
 class MUSBO:
+    reward_velocity_from = "next_obs"  # the state TRPO's model reward reads x-velocity from (envs/model_side.py)
+
     def __init__(self, env_name: str, cfg: dict, obs_dim: int, act_dim: int, device, seed: int):
         self.env, self.cfg, self.device, self.seed = env_name, cfg, device, seed
         self.obs_dim, self.act_dim = obs_dim, act_dim
@@ -136,7 +138,7 @@ class MUSBO:
             label_fn = (lambda s, a: self.imagined_labels(s, a, gen)) if weighted else None
             train_in_model(self.policy, self.dynamics, dataset.start_states(cfg["start_states"]),
                            prediction_box(cfg["trpo"]["clip_predictions"], data), cfg, self.m["member_choice"], gen,
-                           label_fn, scalars=self.scalars)
+                           label_fn, scalars=self.scalars, reward_velocity_from=self.reward_velocity_from)
 
     def stopping(self, section: str):
         """Appendix F: validated every epoch, stop after `patience` (3) epochs without improvement;

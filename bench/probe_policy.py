@@ -37,11 +37,6 @@ from envs.model_side import model_reward, model_termination  # noqa: E402
 PROBED = ("musbo", "bremen")  # the algorithms with a TRPO policy and a dynamics ensemble
 
 
-def velocity_from(cfg: dict) -> str:
-    """The state the model reward reads x-velocity from in this run's TRPO (as algos/*.py pass it)."""
-    return cfg["bremen"]["model_reward_velocity_from"] if cfg["algo"] == "bremen" else "next_obs"
-
-
 def load(run: Path):
     """(cfg, algorithm at its last checkpoint, deployment, D_all); a one-line error for anything else."""
     if not (run / "config.yaml").is_file():
@@ -50,7 +45,7 @@ def load(run: Path):
     if cfg["algo"] not in PROBED:
         raise SystemExit(f"probe_policy: {run} is a {cfg['algo']} run; only {', '.join(PROBED)} have a TRPO "
                          "policy and a dynamics ensemble to probe")
-    path, state, batches = latest_checkpoint(run, cfg)
+    _, state, batches = latest_checkpoint(run, cfg)
     if state is None:
         raise SystemExit(f"probe_policy: {run} has no checkpoint that verifies; probe it on the machine that made it")
     algo = make_algorithm(cfg, torch.device("cpu"))
@@ -69,7 +64,7 @@ def imagine(cfg: dict, algo, obs0: np.ndarray, steps: int, box, member: int) -> 
         nx = dynamics.predict(x, a, member=member).next_obs[0]
         if box is not None:
             nx = torch.clamp(nx, torch.as_tensor(box[0]), torch.as_tensor(box[1]))
-        ret += float(model_reward(cfg["env"], x, a, nx, velocity_from(cfg))[0])
+        ret += float(model_reward(cfg["env"], x, a, nx, algo.reward_velocity_from)[0])
         actions.append(a.numpy()[0])
         if bool(model_termination(cfg["env"], x, a, nx)[0]):
             break

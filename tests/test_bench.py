@@ -185,7 +185,6 @@ def test_probe_policy_acts_as_the_eval_did_and_refuses_runs_without_a_trpo_polic
     import pandas as pd
     import yaml
 
-
     run = tmp_path / "seed3"
     proc = subprocess.run([sys.executable, "-m", "algos.run", "--algo", "musbo", "--env", "hopper", "--budget",
                            "250k", "--seed", "3", "--profile", "smoke", "--out", str(run)],
