@@ -14,7 +14,10 @@ labels pooled.
       (algos/core/bc.py: random_action_loss); deployment 1 clones the random batch B(1) and sits
       at that level by construction. Runs made before the reference was recorded get it from the
       same function: the env's act_dim, weights 1 (BREMEN) or, under MUSBO's weighting, the mean
-      eq. 9 label of B(1..i) (B(1): 1);
+      eq. 9 label of B(1..i) (B(1): 1). Beside it, where the run records eq. 22's noise std, the
+      ratio a PERFECT clone of the collecting policy would reach on that noisy batch
+      (`perfect_clone_over_random`): at eq. 22's std of about 0.9 it is about 1.4, so the ratio
+      cannot tell a clone that carries the policy over from one that carries nothing;
   model exploitation (MUSBO, BREMEN): the imagined return of the last TRPO iteration
       (policy/mean_reward_x_horizon, over TRPO's rollout length) beside the real eval return
       (a whole episode), at the last deployment;
@@ -31,10 +34,14 @@ and 22"), with the thresholds below (also bench/label_readings.py's): eqs. 9, 12
 DEGENERATE_SHARE of the labels within LABEL_TOL of 0, or of 1 (the weights are then about the
 same for almost every sample); eq. 22: more than CLIPPED_SHARE of the action entries clipped;
 eq. 11: a final BC loss of at least BC_RANDOM_LEVEL times the random-action loss (the initial
-policy carries almost nothing over from the data). Runs made before eq. 12's shares were recorded
+policy carries almost nothing over from the data), judged only where a perfect clone would sit
+below that level (not judged where the batch's exploration noise alone puts it there). Runs made
+before eq. 12's shares were recorded
 are judged by its quantiles: mean p10 >= 1 - LABEL_TOL (about 90 % or more within LABEL_TOL of 1),
 or mean p90 <= LABEL_TOL."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -55,7 +62,7 @@ BC_RANDOM_LEVEL = 0.9    # eq. 11: final BC loss / random-action loss at or abov
 VALUES = ["eq9_mean", "eq9_p10", "eq9_share_at_0", "eq9_share_at_1",
           "eq12_mean", "eq12_p10", "eq12_p90", "eq12_share_at_0", "eq12_share_at_1",
           "eq22_noise_std", "eq22_clipped_share",
-          "bc_loss", "bc_random_action_loss", "bc_loss_over_random",
+          "bc_loss", "bc_random_action_loss", "bc_loss_over_random", "bc_perfect_clone_over_random",
           "imagined_return", "real_return", "policy_std_after_bc", "sample_std", "kl_over_delta",
           "step_fraction", "padding_share", "mopo_penalty", "mopo_model_reward"]
 KEYS = ["algo", "env", "budget"]
@@ -90,6 +97,21 @@ def _derived_reference(s: pd.DataFrame, cfg: dict, algo: str, env: str, deployme
     mean_weight = {d: np.mean([1.0] + [labels.get(j, np.nan) for j in range(2, d + 1)]) if weighted else 1.0
                    for d in deployments}
     return pd.Series({d: random_action_loss(get_spec(env).act_dim, w, min_std) for d, w in mean_weight.items()})
+
+
+def perfect_clone_over_random(noise_std: float) -> float:
+    """Eq. 11's loss of a perfect clone of the policy that collected the batch, over the
+    random-action loss (`random_action_loss`, tanh mean), when each action entry carries Gaussian
+    exploration noise of std `noise_std` and the env clips it to [-1, 1]: E[min(eps^2, 1)] / (1/3)
+    for eps ~ N(0, noise_std^2), i.e. at a policy mean of 0, where clipping removes the least
+    noise. Per entry, with z = 1 / noise_std:
+        E[eps^2; |eps| < 1] = noise_std^2 ((2 Phi(z) - 1) - 2 z phi(z)),  P(|eps| >= 1) = 2 (1 - Phi(z))."""
+    if not noise_std > 0:
+        return 0.0 if noise_std == 0 else math.nan
+    z = 1.0 / noise_std
+    cdf = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+    pdf = math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return 3.0 * (noise_std ** 2 * ((2.0 * cdf - 1.0) - 2.0 * z * pdf) + 2.0 * (1.0 - cdf))
 
 
 def _bc(s: pd.DataFrame, cfg: dict, algo: str, env: str) -> dict:
@@ -128,6 +150,7 @@ def run_row(s: pd.DataFrame, metrics: pd.DataFrame, cfg: dict, algo: str, env: s
         * float(cfg.get("mopo", {}).get("penalty_lambda", np.nan)),
         "mopo_model_reward": _values(s, "mopo_rollout", "model_reward_mean").mean(),
         **_bc(s, cfg, algo, env)})
+    row["bc_perfect_clone_over_random"] = perfect_clone_over_random(row["eq22_noise_std"])
     return {**dict.fromkeys(VALUES, np.nan), **row}
 
 
@@ -145,10 +168,16 @@ def inactive(row: dict) -> list[tuple[str, str, str]]:
                         f"more of them within {LABEL_TOL:g} of {bound} (shares not recorded by these runs)"))
     if row["eq22_clipped_share"] > CLIPPED_SHARE:
         out.append(("eq22", pct(row["eq22_clipped_share"]), f"of the action entries clipped (> {pct(CLIPPED_SHARE)})"))
-    if row["bc_loss_over_random"] >= BC_RANDOM_LEVEL:
+    if row["bc_loss_over_random"] >= BC_RANDOM_LEVEL and not bc_unjudged(row):
         out.append(("bc", f"{row['bc_loss_over_random']:.2f}", "= final BC loss / that of cloning uniform-random actions "
                     f"(≥ {BC_RANDOM_LEVEL:g})"))
     return out
+
+
+def bc_unjudged(row: dict) -> bool:
+    """Eq. 11's check cannot judge this row: the batches' exploration noise alone puts a perfect
+    clone at BC_RANDOM_LEVEL or above."""
+    return row["bc_perfect_clone_over_random"] >= BC_RANDOM_LEVEL
 
 
 def table(study: Study) -> pd.DataFrame:
@@ -206,7 +235,10 @@ def section(mech: pd.DataFrame) -> list[str]:
              f"**Inactive** (docs/paper_to_code.md, \"Readings\"): more than {pct(DEGENERATE_SHARE)} of the eq. 9 "
              f"or eq. 12 labels within {LABEL_TOL:g} of 0 or of 1; more than {pct(CLIPPED_SHARE)} of eq. 22's "
              f"action entries clipped; a final BC loss (deployments ≥ 2) of at least {BC_RANDOM_LEVEL:g} × the "
-             "loss of cloning uniform-random actions on the same data. The claims above carry a note where a "
+             "loss of cloning uniform-random actions on the same data, judged only where a perfect clone of the "
+             "collecting policy would sit below that level given eq. 22's recorded noise std (\"not judged\" "
+             "otherwise: the ratio then cannot tell a clone that carries the policy over from one that carries "
+             "nothing). The claims above carry a note where a "
              "mechanism they rely on was inactive. n/a: not recorded by these runs.", ""]
     if mech.empty:
         return lines + ["No complete run with a scalars.csv.", ""]
@@ -228,10 +260,12 @@ def section(mech: pd.DataFrame) -> list[str]:
     policy = [where(r) | {
         "BC loss, final (i ≥ 2)": num(r["bc_loss"]), "random-action loss": num(r["bc_random_action_loss"])
         + (" (derived)" if r["bc_reference"] == "derived" else ""), "ratio": num(r["bc_loss_over_random"]),
+        "perfect clone's ratio": num(r["bc_perfect_clone_over_random"]),
         "policy std after BC": num(r["policy_std_after_bc"]), "TRPO sampling std": num(r["sample_std"]),
         "KL / δ": num(r["kl_over_delta"]), "step fraction": num(r["step_fraction"]),
         "padding share": pct(r["padding_share"]), "imagined return (last)": num(r["imagined_return"]),
-        "real return (last)": num(r["real_return"]), "Inactive": _inactive_titles(r, ("bc",))}
+        "real return (last)": num(r["real_return"]),
+        "Inactive": "eq. 11 not judged" if bc_unjudged(r) else _inactive_titles(r, ("bc",))}
         for r in rows(["bc_loss", "kl_over_delta", "imagined_return"])]
     mopo = [where(r) | {"λ × mean penalty": num(r["mopo_penalty"]), "mean model reward": num(r["mopo_model_reward"]),
                         "real return (last)": num(r["real_return"])}
@@ -243,7 +277,9 @@ def section(mech: pd.DataFrame) -> list[str]:
             ("Behaviour cloning and TRPO", policy,
              "BC: the last epoch's loss of each deployment ≥ 2 (deployment 1 clones the random batch) and the loss "
              "of the best fit to uniform-random actions on the same data (derived: computed from the env's action "
-             "size and the eq. 9 label means, for runs made before it was recorded). TRPO: the policy's std at its "
+             "size and the eq. 9 label means, for runs made before it was recorded); the perfect clone's ratio: "
+             "what a clone of the collecting policy itself would reach on batches carrying eq. 22's mean noise std "
+             "(clipped to [−1, 1], at a policy mean of 0). TRPO: the policy's std at its "
              "first iteration (after BC) beside the std imagined actions are sampled with; mean KL over δ and mean "
              "step fraction (1 with KL ≈ δ: the trust region bounds the step; below 1: the line search cut it). "
              "Imagined return: mean reward per imagined step × rollout length, last iteration; real: the eval "

@@ -52,6 +52,7 @@ def test_run_row_reduces_each_quantity():
     assert row["eq9_mean"] == pytest.approx(0.5) and row["eq9_share_at_1"] == pytest.approx(0.25)
     assert row["eq12_share_at_1"] == pytest.approx(0.5) and row["eq12_p10"] == pytest.approx(0.8)
     assert row["eq22_clipped_share"] == pytest.approx(0.1)
+    assert row["bc_perfect_clone_over_random"] == pytest.approx(mechanisms.perfect_clone_over_random(0.5))
     # BC: deployments 2 and 3 only, each one's last epoch over its recorded reference
     assert row["bc_loss"] == pytest.approx(0.3) and row["bc_reference"] == "recorded"
     assert row["bc_loss_over_random"] == pytest.approx((0.2 / 1.0 + 0.4 / 1.5) / 2)
@@ -110,6 +111,23 @@ def test_inactive_follows_the_degeneracy_rule_and_its_thresholds():
     assert mechanisms.inactive(row(eq12_share_at_1=np.nan, eq12_p10=0.98)) == []
     assert mechanisms.inactive(row(eq12_share_at_0=np.nan, eq12_p90=0.005))[0][0] == "eq12"
     assert mechanisms.inactive({**row(), **dict.fromkeys(mechanisms.VALUES, np.nan)}) == []  # nothing recorded
+
+
+def test_perfect_clone_ratio_is_the_clipped_noise_over_uniform_random_actions():
+    eps = np.random.default_rng(0).normal(size=(400_000,))
+    for std in (0.1, 0.5, 0.9, 2.0):   # Monte Carlo: a clone of a mean-0 policy on noisy, env-clipped actions
+        assert mechanisms.perfect_clone_over_random(std) == pytest.approx(
+            np.mean(np.clip(std * eps, -1, 1) ** 2) / (1 / 3), rel=0.01)
+    assert mechanisms.perfect_clone_over_random(0.9) > mechanisms.BC_RANDOM_LEVEL   # eq. 22 at Û ≈ 0.9
+    assert mechanisms.perfect_clone_over_random(0.0) == 0.0
+    assert np.isnan(mechanisms.perfect_clone_over_random(np.nan))                 # no eq. 22 noise recorded
+
+
+def test_bc_is_not_judged_where_the_noise_alone_puts_a_perfect_clone_at_the_random_level():
+    noisy = mechanisms.perfect_clone_over_random(0.9)                            # about 1.4
+    assert mechanisms.inactive(row(bc_loss_over_random=1.3, bc_perfect_clone_over_random=noisy)) == []
+    quiet = mechanisms.perfect_clone_over_random(0.1)
+    assert [k for k, _, _ in mechanisms.inactive(row(bc_loss_over_random=1.3, bc_perfect_clone_over_random=quiet))] == ["bc"]
 
 
 @pytest.fixture(scope="module")
