@@ -1,14 +1,16 @@
 """Learning check (outside the unit tests): on the mini (default) or medium profile, HalfCheetah
 and Hopper at 500k, does the last deployment's eval return beat the uniform random policy
-(deployment 0 of eval_returns.csv) and the first deployment by a clear margin?
+(deployment 0 of eval_returns.csv) and the first deployment by a clear margin? Beside the random
+policy: standing still (action 0 at every step, from the same start states), since a policy
+that learned only to stand still scores about 0 on HalfCheetah but about 1000 on Ant.
 
     python bench/learning_check.py [--profile mini|medium] [--seeds 0 1 2] [--envs halfcheetah hopper]
         [--algos musbo bremen mopo] [--jobs 2] [--previous bench/learning_check_previous_defaults.json]
 
 Runs of the profile's grid (results/<profile>/runs/...) are reused when complete; other seeds
 run into results/<profile>/learning_check/... (resumable: rerunning continues where a run
-stopped). Prints every seed (random policy, deployment 1, last deployment) and the summary per
-algorithm and env; writes bench/learning_check.json (mini) or bench/learning_check_<profile>.json.
+stopped). Prints every seed (random policy, still policy, deployment 1, last deployment) and the
+summary per algorithm and env; writes bench/learning_check.json (mini) or bench/learning_check_<profile>.json.
 "Clear margin": the last deployment's mean over seeds exceeds the random policy's by more than 2
 standard errors of the seed means (one seed far above the others can fail it, so
 `every_seed_beats_random` is reported beside it).
@@ -29,7 +31,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from algos.config import load_profile  # noqa: E402
+from algos.config import load_profile, read_config_file  # noqa: E402
+from algos.core.seeding import stream_seed  # noqa: E402
+from envs import get_spec  # noqa: E402
+from envs.collector import run_episodes  # noqa: E402
 
 
 def run_dir(profile: str, algo: str, env: str, seed: int, grid_seeds) -> Path:
@@ -61,6 +66,14 @@ def run_each(start, todo: list[tuple], jobs: int) -> None:
             raise
     with ThreadPoolExecutor(jobs) as pool:  # threads only wait on the run subprocesses
         list(pool.map(one, todo))
+
+
+def still_policy_return(env: str, seed: int, episodes: int) -> float:
+    """The mean eval return of action 0 at every step, over the start states of a run's
+    random-policy eval (algos/run.py: seed stream "eval", deployment 0)."""
+    act_dim = get_spec(env).act_dim
+    still = run_episodes(env, lambda obs: np.zeros((1, act_dim), np.float32), episodes, seed=stream_seed(seed, "eval", 0))
+    return float(np.mean([e["ret"] for e in still]))
 
 
 def clear_gain_over_random(gains) -> bool | None:
@@ -103,8 +116,10 @@ def main() -> None:
     for algo, env, seed, out in runs:
         metrics = pd.read_csv(out / "metrics.csv")
         evals = pd.read_csv(out / "eval_returns.csv")
+        cfg = read_config_file(out / "config.yaml")
         rows.append({"env": env, "algo": algo, "seed": seed,
                      "random_policy": evals[evals.deployment == 0]["return"].mean(),
+                     "still_policy": still_policy_return(env, cfg["seed"], cfg["eval_episodes"]),
                      "deployment_1": metrics.eval_return_mean.iloc[0],
                      "last_deployment": metrics.eval_return_mean.iloc[-1],
                      "best_deployment": metrics.eval_return_mean.max()})
@@ -113,7 +128,8 @@ def main() -> None:
     for (env, algo), g in df.groupby(["env", "algo"], sort=False):
         gain = g.last_deployment - g.random_policy
         summary.append({"env": env, "algo": algo, "seeds": len(g),
-                        "random_policy": g.random_policy.mean(), "deployment_1": g.deployment_1.mean(),
+                        "random_policy": g.random_policy.mean(), "still_policy": g.still_policy.mean(),
+                        "deployment_1": g.deployment_1.mean(),
                         "last_deployment": g.last_deployment.mean(), "last_sd": g.last_deployment.std(ddof=1),
                         "best_deployment": g.best_deployment.mean(),
                         "clear_gain_over_random": clear_gain_over_random(gain),
