@@ -5,8 +5,9 @@
     inconclusive     otherwise (overlapping CIs, or one seed: no CI)
 plus "not tested" when the runs are missing and "not testable" when the profile's grid
 cannot show it (e.g. deployment 8 of a 5-deployment profile). Each MUSBO-vs-baseline verdict
-carries a note naming the mechanisms it relies on that were inactive in those runs, and the
-report ends with their activity (analysis/mechanisms.py; also mechanisms.csv)."""
+carries a note naming the mechanisms it relies on that were inactive in those runs (the report
+ends with their activity: analysis/mechanisms.py; also mechanisms.csv) and the algorithms it
+compares whose final return cannot be told from standing still (analysis/standing_still.py)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from algos.config import read_config_file, reading_runs, variant_of
-from analysis import mechanisms, summaries
+from analysis import mechanisms, standing_still, summaries
 from analysis.figures import env_label, label
 from analysis.metrics import NO_ESTIMATE, Interval
 from analysis.output import fmt_interval, markdown_table, write_csv, write_text
@@ -38,7 +39,7 @@ class Claim:
     ours: str
     verdict: str
     rule: str
-    note: str = ""  # mechanisms the verdict relies on that were inactive in the runs (analysis/mechanisms.py)
+    note: str = ""  # inactive mechanisms (analysis/mechanisms.py), returns that stand still (analysis/standing_still.py)
     seeds: str = "-"  # seeds behind the estimates the verdict compares: "5", or "3-5" when they differ
 
 
@@ -126,6 +127,15 @@ class Evidence(Lookups):
         """The notes on mechanisms inactive in the runs at these (env, budget) pairs."""
         return "<br>".join(mechanisms.notes(self.mechanisms, scopes))
 
+    def still_note(self, *scopes, algos=None) -> str:
+        """The notes on algorithms of `algos` (default: all) whose final return at these (env,
+        budget) pairs cannot be told from standing still (analysis/standing_still.py)."""
+        return "<br>".join(standing_still.notes(self.study, self.returns, scopes, algos or self.study.algos))
+
+    def notes(self, *scopes, algos=None) -> str:
+        """Both kinds of note, for a verdict that compares the runs at these (env, budget) pairs."""
+        return "<br>".join(n for n in (self.mechanism_note(*scopes), self.still_note(*scopes, algos=algos)) if n)
+
     def agg(self, measure, budget, name) -> Interval:
         r = self.aggregate[(self.aggregate.measure == measure) & (self.aggregate.budget == budget)
                            & (self.aggregate.name == name)]
@@ -159,7 +169,7 @@ def _musbo_beats_baselines(ev: Evidence, cid, where, text, paper, env, budget, d
                                                 for d in deployments):
         outcomes = []
     return ev.claim(cid, where, text, paper, "<br>".join(shown), ev.verdict(outcomes, "above"), rule,
-                 ev.mechanism_note((env, budget)))
+                 ev.notes((env, budget)))
 
 
 def _not_testable(cid, where, text, paper, why) -> Claim:
@@ -203,7 +213,8 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
                             "learning a meaningful policy.", "no number; Fig. 2 curves", "<br>".join(shown),
                             ev.verdict(outcomes, "below"),
                             "holds if no baseline's final CI lies above its deployment-1 CI (deployment 1: "
-                            "trained on the random-policy batch); does not hold if one does"))
+                            "trained on the random-policy batch); does not hold if one does",
+                            ev.still_note((env, "500k"), algos=_baselines(study))))
     for k, env in enumerate(("ant", "cheetah-run", "halfcheetah")):
         if (env, "500k") in has:
             claims.append(_musbo_beats_baselines(
@@ -239,7 +250,7 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
                             f"MUSBO at deployment 2: {fmt_interval(m2)}<br>" + "<br>".join(shown),
                             ev.verdict(outcomes, "below"),
                             "both baselines' CIs at deployments 2 and 3 below MUSBO's deployment-2 CI",
-                            ev.mechanism_note((env, "500k"))))
+                            ev.notes((env, "500k"))))
 
     # -- section 4, 250k (Figs. 4, 5) --
     env = "walker2d"
@@ -297,7 +308,7 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
                         f"{SECTION5_BUDGET}; our runs).", paper_txt, "cosine similarity:<br>" + "<br>".join(shown),
                         ev.verdict(outcomes, "below"),
                         "more novel = LOWER similarity: MUSBO's CI below BREMEN's at every deployment ≥ 2",
-                        ev.mechanism_note((cfg["novelty_env"], SECTION5_BUDGET))))
+                        ev.notes((cfg["novelty_env"], SECTION5_BUDGET), algos=["musbo", "bremen"])))
     n_dep = study.deployments(cfg["model_eval_env"])
     for cid, metric, what in (("C13", "energy_distance", "energy distance"), ("C14", "trajectory_mse", "trajectory MSE")):
         d = ev.model_eval[ev.model_eval.metric == metric]
@@ -311,7 +322,7 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
                             f"deployment {n_dep}: MUSBO {fmt_interval(m, 3)} · BREMEN {fmt_interval(b, 3)}",
                             ev.verdict([compare(m, b)] if ok else [], "below"),
                             f"MUSBO's CI below BREMEN's at the last deployment ({n_dep})",
-                            ev.mechanism_note((cfg["model_eval_env"], SECTION5_BUDGET))))
+                            ev.notes((cfg["model_eval_env"], SECTION5_BUDGET), algos=["musbo", "bremen"])))
 
     # -- section 3, Theorem 1: monotone improvement --
     mono = summaries.ci_over_seeds(summaries.monotone_share(study), ["name", "env", "budget"], "share")
@@ -362,7 +373,7 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
                             "no number", "probability of improvement of the final return, across envs:<br>"
                             + "<br>".join(shown), ev.verdict(outcomes, "above"),
                             "for each baseline, the CI of P(MUSBO > baseline) above 0.5 (stratified bootstrap)",
-                            ev.mechanism_note(*[(env, budget) for env in cfg["envs"]])))
+                            ev.notes(*[(env, budget) for env in cfg["envs"]])))
     return claims
 
 
@@ -598,7 +609,9 @@ def claims(study: Study, out: Path) -> list[Path]:
                "- Table 1: a HIGHER cosine similarity means LESS novelty; the paper's own Table 1 gives MUSBO the "
                "higher similarity at every deployment, which contradicts its claim (C11).",
                "- ⚠ under a verdict: a mechanism that MUSBO-vs-baseline comparison relies on was inactive in "
-               "those runs (section Mechanism activity below).", ""]
+               "those runs (section Mechanism activity below), or an algorithm it compares scores as standing "
+               "still: its final-return CI contains the return of action 0 at every step (about 0 on HalfCheetah "
+               "and Cheetah-Run, about 1000 on Ant; analysis/standing_still.py).", ""]
     df = pd.DataFrame([{"#": c.id, "Where": c.where, "Claim": c.claim, "Paper": c.paper, "Ours": c.ours, "Seeds": c.seeds,
                         "Verdict": f"**{c.verdict}**" + "".join(f"<br>⚠ {n}" for n in c.note.split("<br>") if n),
                         "Rule": c.rule} for c in rows])

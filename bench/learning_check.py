@@ -32,9 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from algos.config import load_profile, read_config_file  # noqa: E402
-from algos.core.seeding import stream_seed  # noqa: E402
-from envs import get_spec  # noqa: E402
-from envs.collector import run_episodes  # noqa: E402
+from analysis.standing_still import still_policy_return  # noqa: E402
 
 
 def run_dir(profile: str, algo: str, env: str, seed: int, grid_seeds) -> Path:
@@ -66,14 +64,6 @@ def run_each(start, todo: list[tuple], jobs: int) -> None:
             raise
     with ThreadPoolExecutor(jobs) as pool:  # threads only wait on the run subprocesses
         list(pool.map(one, todo))
-
-
-def still_policy_return(env: str, seed: int, episodes: int) -> float:
-    """The mean eval return of action 0 at every step, over the start states of a run's
-    random-policy eval (algos/run.py: seed stream "eval", deployment 0)."""
-    act_dim = get_spec(env).act_dim
-    still = run_episodes(env, lambda obs: np.zeros((1, act_dim), np.float32), episodes, seed=stream_seed(seed, "eval", 0))
-    return float(np.mean([e["ret"] for e in still]))
 
 
 def clear_gain_over_random(gains) -> bool | None:

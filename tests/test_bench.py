@@ -26,13 +26,6 @@ def test_profile_summary_shares_are_per_function_and_count_each_sample_once(tmp_
     assert "step (mujoco/m.py)" in text.split("self share")[1]
 
 
-def test_standing_still_scores_about_zero_on_halfcheetah_and_the_healthy_reward_on_ant():
-    """learning_check's still-policy reference: action 0 from the eval start states."""
-    import learning_check
-    assert abs(learning_check.still_policy_return("halfcheetah", 0, 1)) < 5     # no motion, no control cost
-    assert learning_check.still_policy_return("ant", 0, 1) > 900                # 1 per step, never unhealthy
-
-
 def test_learning_check_puts_the_previous_check_beside_each_env_and_algo(tmp_path):
     import json
 
