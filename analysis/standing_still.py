@@ -1,6 +1,6 @@
 """Standing still as a reference for the final returns (docs/paper_to_code.md, "Standing still as a
 reference"): action 0 at every step scores about 0 on HalfCheetah and Cheetah-Run but about 1000
-on Ant and about 200 on Hopper (the healthy reward pays for not falling), so a verdict there can
+on Ant and about 170 on Hopper (the healthy reward pays for not falling), so a verdict there can
 compare a policy that only stands still with baselines that move and fall.
 
 An algorithm *scores as standing still* at an env and budget when the 95 % CI over seeds of its
