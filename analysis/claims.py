@@ -77,14 +77,10 @@ class Lookups:
         self.seeds_seen: list[int] = []  # seeds behind each estimate looked up for the verdict being built
 
     def pick(self, df: pd.DataFrame, **where) -> Interval:
-        r = df
-        for k, v in where.items():
-            r = r[r[k] == v] if len(r) else r
-        if r.empty:
-            return NO_ESTIMATE
-        r = r.iloc[0]
-        self.saw(int(r["n"]))
-        return Interval(float(r["mean"]), float(r.low), float(r.high))
+        ci, n = summaries.ci_at(df, **where)
+        if n is not None:
+            self.saw(n)
+        return ci
 
     def saw(self, *n_seeds: int):
         """Count estimates that rest on these numbers of seeds towards the verdict being built."""

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from algos.core.seeding import stream_seed
+from analysis import summaries
 from analysis.figures import env_label, label
-from analysis.metrics import Interval
 from analysis.output import fmt_interval
 from analysis.profile import env_run_config
 from analysis.results import Study
@@ -43,14 +43,13 @@ def notes(study: Study, returns: pd.DataFrame, scopes, algos) -> list[str]:
     low, high), of which the last deployment of each env is read."""
     out = []
     for env, budget in scopes:
-        last = returns.deployment == study.deployments(env)
-        rows = returns[(returns.env == env) & (returns.budget == budget) & last]
+        still = None  # run the env only where some algorithm has a CI to compare
         for algo in algos:
-            r = rows[rows.name == algo]
-            if r.empty or not np.isfinite(r.iloc[0].low):
+            ci, _ = summaries.ci_at(returns, name=algo, env=env, budget=budget, deployment=study.deployments(env))
+            if not np.isfinite(ci.low):
                 continue
-            ci = Interval(float(r.iloc[0]["mean"]), float(r.iloc[0].low), float(r.iloc[0].high))
-            still = reference(env, study.seeds, env_run_config(study.cfg, env)["eval_episodes"])
+            if still is None:
+                still = reference(env, study.seeds, env_run_config(study.cfg, env)["eval_episodes"])
             if ci.low <= still <= ci.high:
                 out.append(f"scores as standing still: {label(algo)} {env_label(env)} {budget}, final return "
                            f"{fmt_interval(ci)} contains the return of action 0 at every step ({still:.0f}); this "

@@ -23,6 +23,18 @@ def ci_over_seeds(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=by + SUMMARY_COLUMNS)
 
 
+def ci_at(cis: pd.DataFrame, **where) -> tuple[metrics.Interval, int | None]:
+    """The CI of `ci_over_seeds`'s row matching `where` (column=value) and its number of seeds;
+    (NO_ESTIMATE, None) when no row matches."""
+    r = cis
+    for k, v in where.items():
+        r = r[r[k] == v] if len(r) else r
+    if r.empty:
+        return metrics.NO_ESTIMATE, None
+    r = r.iloc[0]
+    return metrics.Interval(float(r["mean"]), float(r.low), float(r.high)), int(r["n"])
+
+
 def final_returns(study: Study) -> pd.DataFrame:
     """One row per complete main-grid run: the eval return after its last deployment."""
     m = study.metrics

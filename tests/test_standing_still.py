@@ -22,12 +22,12 @@ def test_a_final_return_ci_that_contains_standing_still_gets_a_note(tmp_path):
     study = Study(cfg, tmp_path)
     still = standing_still.reference("halfcheetah", [0, 1], env_run_config(cfg, "halfcheetah")["eval_episodes"])
     last = study.deployments("halfcheetah")
-    returns = pd.DataFrame([
-        ("musbo", "halfcheetah", "500k", last, still, still - 1, still + 1),          # stands still
-        ("bremen", "halfcheetah", "500k", last, 900.0, 800.0, 1000.0),                # moves
-        ("mopo", "halfcheetah", "500k", last, still, np.nan, np.nan),                 # one seed: no call
-        ("bremen", "halfcheetah", "500k", last - 1, still, still - 1, still + 1),      # not the last deployment
-    ], columns=["name", "env", "budget", "deployment", "mean", "low", "high"])
+    returns = pd.DataFrame([                                                     # as summaries.ci_over_seeds
+        ("musbo", "halfcheetah", "500k", last, still, still - 1, still + 1, 2),       # stands still
+        ("bremen", "halfcheetah", "500k", last, 900.0, 800.0, 1000.0, 2),             # moves
+        ("mopo", "halfcheetah", "500k", last, still, np.nan, np.nan, 1),              # one seed: no call
+        ("bremen", "halfcheetah", "500k", last - 1, still, still - 1, still + 1, 2),   # not the last deployment
+    ], columns=["name", "env", "budget", "deployment", "mean", "low", "high", "n"])
     notes = standing_still.notes(study, returns, [("halfcheetah", "500k")], ["musbo", "bremen", "mopo"])
     assert len(notes) == 1 and notes[0].startswith("scores as standing still: MUSBO HalfCheetah 500k")
     assert f"({still:.0f})" in notes[0]
