@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+import handoff  # noqa: E402
 import probe_policy  # noqa: E402
 import profile_run  # noqa: E402
 
@@ -205,3 +206,36 @@ def test_probe_policy_acts_as_the_eval_did_and_refuses_runs_without_a_trpo_polic
     (tmp_path / "mopo" / "config.yaml").write_text(yaml.safe_dump({**cfg, "algo": "mopo"}))
     with pytest.raises(SystemExit, match="is a mopo run; only musbo, bremen have a TRPO policy"):
         probe_policy.probe(tmp_path / "mopo")
+
+
+def test_handoff_replays_the_run_up_to_deployment_ds_trpo_and_scores_both_policies(tmp_path):
+    """bench/handoff.py on a smoke MUSBO config: the replay is the run (pi_prev's real return is
+    the run's own eval return of deployment D-1), every score is finite, the clone is not pi_prev,
+    the counterfactual newest-batch clone is there; nothing is written beside the config; a MOPO
+    config and a deployment out of range get one-line errors."""
+    import subprocess
+
+    import pandas as pd
+    import yaml
+
+    run = tmp_path / "seed4"
+    proc = subprocess.run([sys.executable, "-m", "algos.run", "--algo", "musbo", "--env", "hopper", "--budget",
+                           "250k", "--seed", "4", "--profile", "smoke", "--out", str(run)],
+                          cwd=profile_run.ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = sorted(p.name for p in run.rglob("*"))
+    r = handoff.handoff(run / "config.yaml", 2)
+    assert sorted(p.name for p in run.rglob("*")) == before
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert r["prev"]["real_return"] == pytest.approx(metrics.eval_return_mean[metrics.deployment == 1].item(), rel=1e-6)
+    for who in ("prev", "clone", "newest_clone"):
+        assert all(np.isfinite(v) for v in r[who].values()), who
+    assert r["clone"]["mean_abs_action_on_newest"] != r["prev"]["mean_abs_action_on_newest"]
+    assert 0 < r["batch"]["newest_label_mean"] <= 1
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    with pytest.raises(SystemExit, match=f"--deployment must be in 2..{cfg['deployments']}"):
+        handoff.handoff(run / "config.yaml", 1)
+    (tmp_path / "mopo.yaml").write_text(yaml.safe_dump({**cfg, "algo": "mopo"}, sort_keys=False))
+    with pytest.raises(SystemExit, match="is a mopo run; only musbo, bremen clone a policy"):
+        handoff.handoff(tmp_path / "mopo.yaml", 2)
