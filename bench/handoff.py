@@ -10,7 +10,8 @@ For each run it reports
 - real: the deterministic eval return of pi_prev and of the clone on the eval episodes of
   deployment D-1 (pi_prev's is the run's own D-1 eval return: a check that the replay is the run);
 - imagined: the model reward per step of each policy's mean action in the ensemble TRPO uses at D
-  (and pi_prev's in the ensemble of D-1, which its TRPO optimised), TRPO's rollouts otherwise;
+  (and pi_prev's in the ensemble of D-1, which its TRPO optimised): TRPO's start states, rollout
+  length and lanes, a member drawn per step from all of them (MUSBO's TRPO draws one per iteration);
 - batch: the real reward per step of B(D) (the collecting policy, noise included) and of B(1)
   (uniform random actions), and mean |a| of B(D)'s executed actions, of pi_prev and of the clone
   on B(D)'s states;
@@ -61,7 +62,7 @@ def real_return(cfg: dict, policy, deployment: int) -> float:
 
 @torch.no_grad()
 def imagined_reward(cfg: dict, policy, dynamics, starts, box, velocity_from: str) -> float:
-    """Mean model reward per step of the policy's mean action, TRPO's rollout shape and members."""
+    """Mean model reward per step of the policy's mean action, TRPO's rollout shape, every member."""
     t = cfg["trpo"]
     _, gen = rngs(cfg["seed"], "handoff", "imagine")
     rollout = imagine(dynamics, gaussian_sampler(policy, std=0.0), torch.as_tensor(starts, dtype=torch.float32),
@@ -78,8 +79,10 @@ def mean_abs_action(policy, obs: np.ndarray) -> float:
 
 @torch.no_grad()
 def loss_on(policy, batch: dict) -> float:
+    """1/2 ||a - tanh mean||^2 on the batch (stored actions are the clipped ones). Not bc_loss: with
+    BREMEN's state-dependent log-std that scores a sampled action, and this compares mean actions."""
     pred = policy.mean_action(torch.as_tensor(batch["obs"]))
-    return float((0.5 * (torch.as_tensor(np.clip(batch["act"], -1, 1)) - pred).pow(2).sum(-1)).mean())
+    return float((0.5 * (torch.as_tensor(batch["act"]) - pred).pow(2).sum(-1)).mean())
 
 
 def handoff(run_config: Path, deployment: int) -> dict:
@@ -134,7 +137,7 @@ def handoff(run_config: Path, deployment: int) -> dict:
               "clone": scores(seen["clone"], seen["dynamics"]),
               "batch": {"newest_reward_per_step": float(newest["rew"].mean()),
                         "first_reward_per_step": float(first["rew"].mean()),
-                        "newest_mean_abs_action": float(np.abs(np.clip(newest["act"], -1, 1)).mean()),
+                        "newest_mean_abs_action": float(np.abs(newest["act"]).mean()),
                         "newest_label_mean": float(newest["labels"].mean())}}
     if cfg["algo"] == "musbo":  # the counterfactual: eq. 11's clone of B(D) alone
         _, gen = rngs(cfg["seed"], "bc", deployment)
