@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from algos.config import read_config_file, reading_runs, variant_of
-from analysis import mechanisms, standing_still, summaries
+from analysis import learned, mechanisms, standing_still, summaries
 from analysis.figures import env_label, label
 from analysis.metrics import NO_ESTIMATE, Interval
 from analysis.output import fmt_interval, markdown_table, write_csv, write_text
@@ -108,9 +108,7 @@ class Evidence(Lookups):
         super().__init__()
         self.study = study
         self.mechanisms = mechanisms.table(study) if mech is None else mech
-        runs = study.metrics[study.metrics.kind == "runs"]
-        self.returns = summaries.ci_over_seeds(runs[runs.seed.isin(study.seeds)],
-                                               ["name", "env", "budget", "deployment"], "eval_return_mean")
+        self.returns = summaries.main_return_cis(study)
         novelty, _ = summaries.novelty(study)
         self.novelty = summaries.ci_over_seeds(novelty, ["name", "deployment"], "cosine_similarity")
         self.model_eval = summaries.model_eval(study)
@@ -615,7 +613,8 @@ def claims(study: Study, out: Path) -> list[Path]:
     summary = ["", "Summary: " + ", ".join(f"{kinds.count(k)} {k}" for k in VERDICT_KINDS if k in kinds), ""]
     csv = pd.DataFrame([c.__dict__ for c in rows]).assign(ours=lambda d: d.ours.str.replace("<br>", "; "),
                                                           note=lambda d: d.note.str.replace("<br>", " | "))
-    sections = monotone_section(study) + time_section(study) + ablations_section(study) + readings_section(study) + mechanisms.section(mech)
+    sections = (learned.section(study) + monotone_section(study) + time_section(study) + ablations_section(study)
+                + readings_section(study) + mechanisms.section(mech))
     return [write_text(Path(out) / "claims.md", "\n".join(header) + "\n" + markdown_table(df) + "\n".join(summary)
                        + "\n".join(sections)),
             write_csv(Path(out) / "claims.csv", csv), write_csv(Path(out) / "mechanisms.csv", mech)]

@@ -35,6 +35,13 @@ def ci_at(cis: pd.DataFrame, **where) -> tuple[metrics.Interval, int | None]:
     return metrics.Interval(float(r["mean"]), float(r.low), float(r.high)), int(r["n"])
 
 
+def main_return_cis(study: Study) -> pd.DataFrame:
+    """Eval-return CIs over the profile's seeds of the main grid, per algorithm, env, budget and
+    deployment (as `ci_over_seeds`)."""
+    runs = study.metrics[study.metrics.kind == "runs"]
+    return ci_over_seeds(runs[runs.seed.isin(study.seeds)], ["name", "env", "budget", "deployment"], "eval_return_mean")
+
+
 def final_returns(study: Study) -> pd.DataFrame:
     """One row per complete main-grid run: the eval return after its last deployment."""
     m = study.metrics

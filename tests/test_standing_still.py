@@ -8,7 +8,6 @@ import pandas as pd
 from analysis import claims, standing_still
 from analysis.profile import env_run_config, load_profile
 from analysis.results import Study
-from analysis.synthetic import write_fake_results
 
 
 def test_standing_still_scores_about_zero_on_halfcheetah_and_the_healthy_reward_on_ant():
@@ -35,12 +34,8 @@ def test_a_final_return_ci_that_contains_standing_still_gets_a_note(tmp_path):
     assert standing_still.notes(study, returns, [("halfcheetah", "250k")], ["musbo"]) == []
 
 
-def test_verdicts_name_the_algorithms_they_compare_that_stand_still(tmp_path, monkeypatch):
-    cfg = copy.deepcopy(load_profile("mini"))
-    cfg["seeds"], cfg["ablation_seeds"] = [0, 1], [0]
-    cfg["envs"], cfg["budgets"], cfg["readings"] = ["halfcheetah", "hopper"], ["500k"], []
-    root = tmp_path / "mini"
-    write_fake_results(root, cfg, with_batches=False)
+def test_verdicts_name_the_algorithms_they_compare_that_stand_still(two_env_results, monkeypatch):
+    cfg, root = two_env_results
     study = Study(cfg, root)
     ret = claims.Evidence(study).returns
     final = ret[(ret.name == "bremen") & (ret.env == "hopper") & (ret.deployment == study.deployments("hopper"))]
