@@ -72,10 +72,14 @@ def section(study: Study) -> list[str]:
     df = table(study, summaries.main_return_cis(study))
     if df.empty:
         return lines + ["No complete run.", ""]
+    # one decimal where an env's returns are small (Cheetah-Run at these sizes), else none
+    digits = df.env.map(df.groupby("env").final.apply(lambda f: 1 if max(abs(x.point) for x in f) < 100 else 0))
     shown = pd.DataFrame({"Env": df.env.map(env_label), "Budget": df.budget, "Algorithm": df.name.map(label),
-                          "Seeds": df.seeds, "Random policy": df.random.map("{:.0f}".format),
-                          "Standing still": df.still.map("{:.0f}".format),
-                          "Deployment 1": df["first"].map(fmt_interval), "Final": df.final.map(fmt_interval),
+                          "Seeds": df.seeds,
+                          "Random policy": [f"{v:.{d}f}" for v, d in zip(df.random, digits)],
+                          "Standing still": [f"{v:.{d}f}" for v, d in zip(df.still, digits)],
+                          "Deployment 1": [fmt_interval(ci, d) for ci, d in zip(df["first"], digits)],
+                          "Final": [fmt_interval(ci, d) for ci, d in zip(df.final, digits)],
                           "Reading": df.reading})
     counts = df.reading.value_counts()
     summary = "Summary: " + ", ".join(f"{counts[k]} {k}" for k in
