@@ -35,7 +35,7 @@ from algos.core.device import pick_device
 from algos.core.model_eval import energy_distance, trajectory_mse
 from algos.core.model_trpo import prediction_box
 from algos.core.novelty import NOVELTY_COLUMNS, novelty_rows
-from algos.core.rollouts import engine_fallback
+from algos.core.rollouts import engine_fallback, engine_used
 from algos.core.scalars import Scalars, trimmed_scalars
 from algos.core.seeding import seed_globals, stream_seed
 from algos.rundir import (RunDir, RunError, atomic_write_bytes, atomic_write_csv, check_out_arg, check_out_name,
@@ -299,7 +299,8 @@ def deployment_loop(cfg, out, tag, start, device, allow_different_host, track,
         algo.scalars.add_many("eval", {"return_mean": returns.mean(), "return_std": returns.std(), **{
             k: model_row[k] for k in ("energy_distance", "trajectory_mse")}})
         rows["provenance"].append({"deployment": deployment, **host, "resumed_on_different_host": different_host,
-                                   "resumed_inside": resumed_inside, "rollout_engine_fallback": engine_fallback(),
+                                   "resumed_inside": resumed_inside, "rollout_engine": engine_used(),
+                                   "rollout_engine_fallback": engine_fallback(),
                                    "start_time": started, "end_time": now()})
         resumed_inside = None
         log(f"{tag} deployment {deployment}/{cfg['deployments']}: eval return {returns.mean():.1f} "

@@ -187,23 +187,27 @@ def member_forward(device, members: int, dyn_hidden, quick: bool) -> dict:
     return out
 
 
-def paper_config(algo: str, env: str, device, quick: bool, iterations: int = 1) -> dict:
-    sets = [f"trpo.iterations={iterations}", f"device={device.type}"]
+def bench_config(algo: str, env: str, device, quick: bool, iterations: int = 1, profile: str = "paper",
+                 engine: str = "auto") -> dict:
+    sets = [f"trpo.iterations={iterations}", f"device={device.type}", f"trpo.rollout_engine={engine}"]
     if quick:  # tiny sizes: the whole path runs in seconds
         sets += ["trpo.transitions_per_iteration=48", "trpo.rollout_length=6", "dynamics.hidden=[16,16]",
                  "labeler.hidden=[16,16]", "policy.hidden=[8,8]"]
-    return resolve_run_config("paper", algo, env, "500k", 0, sets)
+    return resolve_run_config(profile, algo, env, "500k", 0, sets)
 
 
-def trpo_iteration(device, quick: bool, env: str = "halfcheetah") -> dict:
-    """Seconds of one MUSBO TRPO iteration at the paper shape: imagine (dynamics 2 x 1024, policy
-    2 x 200, engine auto) + eq. 12 labels (K = 3 labeler members) + GAE + the TRPO update, via
-    model_trpo.train_in_model; the first of two calls warms up (and captures)."""
+def trpo_iteration(device, quick: bool, env: str = "halfcheetah", profile: str = "paper", engine: str = "auto",
+                   repeats: int = 1) -> dict:
+    """Seconds of one MUSBO TRPO iteration at the profile's shape (paper: dynamics 2 x 1024,
+    policy 2 x 200): imagine + eq. 12 labels (K = 3 labeler members) + GAE + the TRPO update, via
+    model_trpo.train_in_model. The first call warms up (compiles, captures); iteration_s is the
+    fastest of `repeats` more."""
     from algos.core.model_trpo import train_in_model
     from algos.musbo import MUSBO
+    from envs import get_spec
 
-    cfg = paper_config("musbo", env, device, quick)
-    obs_dim, act_dim = SHAPES["200x250"][3:] if env == "halfcheetah" else SHAPES["50x1000"][3:]
+    cfg = bench_config("musbo", env, device, quick, profile=profile, engine=engine)
+    obs_dim, act_dim = get_spec(env).obs_dim, get_spec(env).act_dim
     algo = MUSBO(env, cfg, obs_dim, act_dim, device, 0)
     g = torch.Generator().manual_seed(0)
     obs, act = torch.randn(5000, obs_dim, generator=g), torch.rand(5000, act_dim, generator=g) * 2 - 1
@@ -215,16 +219,18 @@ def trpo_iteration(device, quick: bool, env: str = "halfcheetah") -> dict:
     label_fn = lambda s, a: algo.imagined_labels(s, a, gen)  # noqa: E731
     starts = 0.1 * obs.numpy()
     starts[:, 0] += 1.25
-    seconds = []
-    for _ in range(2):
+    seconds, walls = [], []  # _clock's, and the wall clock's (a compilation may run in worker processes)
+    for _ in range(1 + repeats):
         _sync(device)
-        t0 = _clock()
+        t0, w0 = _clock(), time.perf_counter()
         train_in_model(algo.policy, algo.dynamics, starts, None, cfg, cfg["musbo"]["member_choice"], gen, label_fn)
         _sync(device)
         seconds.append(_clock() - t0)
+        walls.append(time.perf_counter() - w0)
     t = cfg["trpo"]
     return {"env": env, "transitions": (t["transitions_per_iteration"] // t["rollout_length"]) * t["rollout_length"],
-            "engine": t["rollout_engine"], "iteration_s": seconds[1], "first_call_s": seconds[0]}
+            "engine": t["rollout_engine"], "iteration_s": min(seconds[1:]), "first_call_s": seconds[0],
+            "first_call_wall_s": walls[0], "iteration_wall_s": min(walls[1:])}
 
 
 def sequential_steps(env: str) -> int:

@@ -85,6 +85,23 @@ def loss_on(policy, batch: dict) -> float:
     return float((0.5 * (torch.as_tensor(batch["act"]) - pred).pow(2).sum(-1)).mean())
 
 
+def engine_of(run_config: Path) -> str:
+    """The rollout engine the run used, so that the replay is exact: provenance.json records it per
+    deployment since session 11; the runs before ran eagerly on the CPU (docs/paper_to_code.md, "The
+    rollout engine on the CPU"). A run with no provenance yet (in progress): auto."""
+    run_config = Path(run_config)  # <run>/config.yaml or <run>.run_config.yaml
+    run_dir = (run_config.parent if run_config.name == "config.yaml"
+               else Path(str(run_config).removesuffix(".run_config.yaml")))
+    provenance = run_dir / "provenance.json"
+    if not provenance.exists():
+        return "auto"
+    used = {d.get("rollout_engine") for d in json.loads(provenance.read_text())["deployments"]} - {None}
+    if len(used) > 1:
+        raise SystemExit(f"handoff: {provenance} records several rollout engines ({', '.join(sorted(used))}); "
+                         "a replay under one of them would not be the run")
+    return used.pop() if used else "eager"
+
+
 def handoff(run_config: Path, deployment: int) -> dict:
     cfg = read_run_config(run_config)
     if cfg["algo"] not in REPLAYED:
@@ -92,7 +109,7 @@ def handoff(run_config: Path, deployment: int) -> dict:
                          "for TRPO to start from")
     if not 2 <= deployment <= cfg["deployments"]:
         raise SystemExit(f"handoff: --deployment must be in 2..{cfg['deployments']} for {run_config}, got {deployment}")
-    cfg = {**cfg, "device": "cpu"}
+    cfg = {**cfg, "device": "cpu", "trpo": {**cfg["trpo"], "rollout_engine": engine_of(run_config)}}
     module_name, class_name = ALGO_CLASSES[cfg["algo"]].split(":")
     module = importlib.import_module(module_name)
     cls = getattr(module, class_name)

@@ -233,9 +233,50 @@ def test_handoff_replays_the_run_up_to_deployment_ds_trpo_and_scores_both_polici
     assert r["clone"]["mean_abs_action_on_newest"] != r["prev"]["mean_abs_action_on_newest"]
     assert 0 < r["batch"]["newest_label_mean"] <= 1
 
+    assert handoff.engine_of(run / "config.yaml") == "eager"  # the engine the run recorded, replayed
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     with pytest.raises(SystemExit, match=f"--deployment must be in 2..{cfg['deployments']}"):
         handoff.handoff(run / "config.yaml", 1)
     (tmp_path / "mopo.yaml").write_text(yaml.safe_dump({**cfg, "algo": "mopo"}, sort_keys=False))
     with pytest.raises(SystemExit, match="is a mopo run; only musbo, bremen clone a policy"):
         handoff.handoff(tmp_path / "mopo.yaml", 2)
+
+
+def test_handoff_replays_a_run_under_the_rollout_engine_it_recorded(tmp_path):
+    """provenance.json's rollout_engine per deployment; none recorded (runs before session 11):
+    eager; several: no exact replay, a one-line error; no provenance yet: auto."""
+    import json
+
+    def engine(*recorded):
+        (tmp_path / "seed0").mkdir(exist_ok=True)
+        (tmp_path / "seed0" / "provenance.json").write_text(json.dumps(
+            {"deployments": [{"deployment": d + 1, **({} if e is None else {"rollout_engine": e})}
+                             for d, e in enumerate(recorded)]}))
+        return handoff.engine_of(tmp_path / "seed0.run_config.yaml")
+    assert handoff.engine_of(tmp_path / "seed0" / "config.yaml") == "auto"
+    assert engine("compiled", "compiled") == "compiled"
+    assert engine(None, None) == "eager"
+    with pytest.raises(SystemExit, match="records several rollout engines \\(compiled, eager\\)"):
+        engine("eager", "compiled")
+
+
+def test_medium_engine_times_both_engines_at_the_medium_run_sizes_and_projects_a_run(tmp_path, monkeypatch):
+    """bench/medium_engine.py --quick, with torch.compile as the identity (the compiled engine's
+    numbers are tests/test_rollouts.py's business): both engines timed, the run's own sizes read
+    from config/medium.yaml, the file written atomically."""
+    import json
+
+    import torch
+
+    import medium_engine
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    out = medium_engine.main(["--quick", "--envs", "hopper", "--repeats", "1", "--out", str(tmp_path / "e.json")])
+    assert json.loads((tmp_path / "e.json").read_text()) == json.loads(json.dumps(out))
+    row = out["envs"]["hopper"]
+    assert row["iterations_per_run"] == 10 * 300 and row["sequential_steps"] == 10 * 300 * 1000  # medium Hopper
+    for engine in ("eager", "compiled"):
+        e = row["engines"][engine]
+        assert e["iteration_s"] > 0 and e["compile_s"] >= 0
+        assert e["run_policy_min"] == pytest.approx((3000 * e["iteration_s"] + e["compile_s"]) / 60)
+    assert row["iteration_speedup"] == pytest.approx(row["engines"]["eager"]["iteration_s"]
+                                                     / row["engines"]["compiled"]["iteration_s"])

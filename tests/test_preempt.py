@@ -245,7 +245,7 @@ def test_the_cuda_graph_fallback_is_recorded_in_provenance_and_changes_no_number
     the run falls back to eager with one line, records it per deployment, and its numbers are
     the eager run's."""
     ref = reference("bremen", tmp_path_factory)
-    monkeypatch.setattr(rollouts, "resolve_engine", lambda engine, device: engine)
+    monkeypatch.setattr(rollouts, "resolve_engine", lambda engine, device, *_: engine)
     monkeypatch.setattr(rollouts, "GRAPH", {"capture": lambda advance: (advance(), lambda: None)[1],
                                             "checked": False, "fallback": None})
     import algos.run as run_module
@@ -258,6 +258,7 @@ def test_the_cuda_graph_fallback_is_recorded_in_provenance_and_changes_no_number
                         "eager for the rest of this run (recorded in provenance.json)"]
     provenance = json.loads((tmp_path / "provenance.json").read_text())["deployments"]
     assert [d["rollout_engine_fallback"] for d in provenance] == [rollouts.engine_fallback()] * 2
+    assert [d["rollout_engine"] for d in provenance] == ["cuda_graph"] * 2
     assert rollouts.engine_fallback().startswith("a captured step differs from eager beyond rounding")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "metrics.csv").drop(columns=TIMING),
                                   pd.read_csv(ref / "metrics.csv").drop(columns=TIMING))

@@ -270,17 +270,18 @@ def test_cuda_graph_engine_equals_eager():
 @pytest.fixture
 def graph_on_cpu(monkeypatch):
     """The cuda_graph engine on CPU, its capture injected by the test (GRAPH["capture"])."""
-    monkeypatch.setattr(rollouts, "resolve_engine", lambda engine, device: engine)
+    monkeypatch.setattr(rollouts, "resolve_engine", lambda engine, device, *_: engine)
     graph = {"capture": None, "checked": False, "fallback": None}
     monkeypatch.setattr(rollouts, "GRAPH", graph)
     return graph
 
 
-def eager_and_captured():
+def eager_and(engine, horizon=T):
+    """The same rollout under eager and under `engine`."""
     model, s0 = hopper_model()
     pol = GaussianPolicy(11, 3, hidden=[8], init_log_std=1.0)
-    return [imagine(model, gaussian_sampler(pol), s0, 4, T, "hopper", gen(), member_choice="per_step", engine=e)
-            for e in ("eager", "cuda_graph")]
+    return [imagine(model, gaussian_sampler(pol), s0, 4, horizon, "hopper", gen(), member_choice="per_step",
+                    engine=e) for e in ("eager", engine)]
 
 
 def assert_equal_outputs(a, b):
@@ -291,7 +292,7 @@ def assert_equal_outputs(a, b):
 
 def test_a_captured_step_that_differs_from_eager_falls_back_to_eager(graph_on_cpu, capsys):
     graph_on_cpu["capture"] = lambda advance: (advance(), lambda: None)[1]  # a capture that recorded nothing
-    assert_equal_outputs(*eager_and_captured())
+    assert_equal_outputs(*eager_and("cuda_graph"))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith("rollout engine cuda_graph: a captured step differs from eager beyond rounding (state "
@@ -299,7 +300,7 @@ def test_a_captured_step_that_differs_from_eager_falls_back_to_eager(graph_on_cp
     assert err[0].endswith("; falling back to eager for the rest of this run (recorded in provenance.json)")
     assert rollouts.engine_fallback() == err[0].split("cuda_graph: ")[1].split("; falling back")[0]
     graph_on_cpu["capture"] = lambda advance: pytest.fail("no capture after a fallback")
-    assert_equal_outputs(*eager_and_captured())
+    assert_equal_outputs(*eager_and("cuda_graph"))
     assert capsys.readouterr().err == ""
 
 
@@ -308,7 +309,7 @@ def test_a_capture_that_fails_falls_back_to_eager(graph_on_cpu, capsys):
         advance()  # the warm-up step ran: the fallback starts the rollout again
         raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
     graph_on_cpu["capture"] = broken
-    assert_equal_outputs(*eager_and_captured())
+    assert_equal_outputs(*eager_and("cuda_graph"))
     assert rollouts.engine_fallback() == ("capture failed (RuntimeError: operation not permitted when stream is "
                                           "capturing)")
     assert capsys.readouterr().err.count("falling back to eager") == 1
@@ -321,9 +322,9 @@ def test_a_faithful_capture_is_checked_once_then_replayed(graph_on_cpu, capsys):
         advance()
         return lambda: (replays.append(1), advance())
     graph_on_cpu["capture"] = faithful
-    assert_equal_outputs(*eager_and_captured())
+    assert_equal_outputs(*eager_and("cuda_graph"))
     assert len(replays) == 1 + (T - 1) and graph_on_cpu["checked"]   # the check's replay, then steps 1..T-1
-    assert_equal_outputs(*eager_and_captured())
+    assert_equal_outputs(*eager_and("cuda_graph"))
     assert len(replays) == 1 + 2 * (T - 1)                              # checked once per process
     assert rollouts.engine_fallback() is None and capsys.readouterr().err == ""
 
@@ -376,3 +377,59 @@ def test_prediction_box_rejects_an_unknown_kind():
     data = {"obs": np.zeros((3, 2), np.float32), "next_obs": np.zeros((3, 2), np.float32)}
     with pytest.raises(ValueError, match="abs_1e5"):
         prediction_box("obs_range", data)
+
+
+# ----- `auto` on the CPU, and the compiled engine's fallback (session 11) ------
+
+def test_auto_compiles_on_the_cpu_only_for_a_run_long_enough_to_repay_the_compilation():
+    cpu, n = torch.device("cpu"), rollouts.AUTO_COMPILE_MIN_STEPS
+    assert rollouts.resolve_engine("auto", cpu, n) == "compiled"
+    assert rollouts.resolve_engine("auto", cpu, n - 1) == "eager"
+    assert rollouts.resolve_engine("auto", cpu) == "eager"                       # the run's length not given
+    assert rollouts.resolve_engine("auto", torch.device("cuda"), n - 1) == "cuda_graph"
+    assert rollouts.resolve_engine("eager", cpu, n) == "eager"                  # an engine asked for is kept
+
+
+def test_on_the_cpu_auto_compiles_medium_hopper_and_walker2d_and_nothing_of_mini_or_smoke():
+    from algos.config import resolve_run_config
+
+    def compiles(profile, env):
+        cfg = resolve_run_config(profile, "musbo", env, "500k", 0)
+        t = cfg["trpo"]
+        steps = cfg["deployments"] * t["iterations"] * t["rollout_length"]
+        return rollouts.resolve_engine(t["rollout_engine"], torch.device("cpu"), steps) == "compiled"
+    assert compiles("medium", "hopper") and compiles("medium", "walker2d")
+    assert not any(compiles("medium", env) for env in ("halfcheetah", "ant", "cheetah-run"))
+    assert not any(compiles(profile, env) for profile in ("mini", "smoke") for env in envs.ENV_NAMES)
+
+
+@pytest.fixture
+def fresh_compiled(monkeypatch):
+    state = {"advance": None, "fallback": None, "used": None}
+    monkeypatch.setattr(rollouts, "COMPILED", state)
+    return state
+
+
+def test_a_compilation_that_fails_falls_back_to_eager_with_one_line(fresh_compiled, monkeypatch, capsys):
+    def no_compiler(fn, **kwargs):
+        raise RuntimeError("InductorError: no C++ compiler found\n(the rest of the message)")
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    assert_equal_outputs(*eager_and("compiled", horizon=6))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rollout engine compiled: compile failed (RuntimeError: InductorError: no C++ compiler found); "
+                   "falling back to eager for the rest of this run (recorded in provenance.json)"]
+    assert rollouts.engine_fallback() == "compile failed (RuntimeError: InductorError: no C++ compiler found)"
+    assert rollouts.engine_used() == "compiled"
+
+
+def test_a_recompilation_that_fails_midway_leaves_the_remaining_steps_to_eager(fresh_compiled, capsys):
+    calls = []
+
+    def fails_at_the_third_step(*args):  # as a recompile for a new shape failing after two good steps
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("recompile failed")
+        rollouts._advance(*args)
+    fresh_compiled["advance"] = fails_at_the_third_step
+    assert_equal_outputs(*eager_and("compiled", horizon=6))
+    assert len(calls) == 3 and rollouts.engine_fallback() == "compile failed (RuntimeError: recompile failed)"

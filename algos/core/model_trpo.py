@@ -97,6 +97,7 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
     if padded:
         n_rollouts = min(n_rollouts, BREMEN_MAX_LANES)
     clip = None if box is None else tuple(torch.as_tensor(b, device=device) for b in box)
+    run_steps = cfg["deployments"] * t["iterations"] * t["rollout_length"]  # what `auto` reads on the CPU
     gen_device = generator.device
     history, first = [], 0
     loop = preempt.loop("trpo", "iteration", generator)  # a stop saves the iteration (algos/core/preempt.py)
@@ -118,7 +119,8 @@ def train_in_model(policy: GaussianPolicy, dynamics: DynamicsEnsemble, start_sta
             members, choice = None, member_choice
         rollout = imagine(dynamics, policy_sample, starts, n_rollouts, t["rollout_length"], env_name, generator,
                           member_choice=choice, members=members, label_fn=label_fn, clip_obs=clip,
-                          restart=t["restart_terminated"], engine=t["rollout_engine"], reward_fn=reward_fn,
+                          restart=t["restart_terminated"], engine=t["rollout_engine"], run_steps=run_steps,
+                          reward_fn=reward_fn,
                           batch_size=t["transitions_per_iteration"] if padded else None)
         weights = rollout["labels"] if label_fn is not None else None
         stats = policy_update(policy, baseline, rollout, weights, gamma=cfg["gamma"], lam=t["gae_lambda"],

@@ -93,22 +93,44 @@ def _advance(step: Callable, state: dict, draws: dict, out: dict, t: torch.Tenso
     t.add_(1)
 
 
-_compiled_advance = None
+# The compiled engine in this process: `advance` the compiled step (made at first use), `fallback`
+# the reason it fell back to eager (torch.compile failed: no C++ compiler, say); `used` the engine
+# of the process's latest `imagine` (provenance.json).
+COMPILED = {"advance": None, "fallback": None, "used": None}
 
 
 def _run(engine: str, step: Callable, state: dict, draws: dict, out: dict, horizon: int) -> None:
-    global _compiled_advance
     t = torch.zeros(1, dtype=torch.long, device=state["obs"].device)
-    if engine == "eager":
+    if engine == "compiled":  # one compiled graph per step (CPU: fused C++; CUDA: Triton)
+        done = _run_compiled(step, state, draws, out, t, horizon)
+        for _ in range(horizon - done):
+            _advance(step, state, draws, out, t)
+    elif engine == "eager":
         for _ in range(horizon):
             _advance(step, state, draws, out, t)
-    elif engine == "compiled":  # one compiled graph per step (CPU: fused C++; CUDA: Triton)
-        if _compiled_advance is None:
-            _compiled_advance = torch.compile(_advance, fullgraph=True)
-        for _ in range(horizon):
-            _compiled_advance(step, state, draws, out, t)
     else:  # cuda_graph: step 0 runs for real (warm-up), then one captured step replays
         _run_captured(lambda: _advance(step, state, draws, out, t), state, out, t, horizon)
+
+
+def _run_compiled(step: Callable, state: dict, draws: dict, out: dict, t: torch.Tensor, horizon: int) -> int:
+    """Steps the compiled step; returns how many ran. A compilation that fails (at the first step
+    or at a recompile for a new shape) changes nothing (dynamo compiles before it runs): the
+    process then falls back to eager (one line on stderr, `engine_fallback()` in provenance.json)
+    and the caller runs the remaining steps eagerly."""
+    done = 0
+    if COMPILED["fallback"] is not None:
+        return done
+    try:
+        if COMPILED["advance"] is None:
+            COMPILED["advance"] = torch.compile(_advance, fullgraph=True)
+        for done in range(horizon):
+            COMPILED["advance"](step, state, draws, out, t)
+        return horizon
+    except Exception as err:  # noqa: BLE001 - any failure to compile: eager is the reference
+        COMPILED["fallback"] = f"compile failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        print(f"rollout engine compiled: {COMPILED['fallback']}; falling back to eager for the rest of this run "
+              f"(recorded in provenance.json)", file=sys.stderr, flush=True)
+        return done
 
 
 def capture_cuda_graph(advance: Callable[[], None]) -> Callable[[], None]:
@@ -132,9 +154,14 @@ GRAPH = {"capture": capture_cuda_graph, "checked": False, "fallback": None}
 GRAPH_RTOL, GRAPH_ATOL = 1e-4, 1e-5
 
 
+def engine_used() -> str | None:
+    """The engine the process's latest `imagine` resolved to (None before the first)."""
+    return COMPILED["used"]
+
+
 def engine_fallback() -> str | None:
-    """Why this process runs the cuda_graph engine eagerly (one line), or None."""
-    return GRAPH["fallback"]
+    """Why this process runs the cuda_graph or compiled engine eagerly (one line), or None."""
+    return GRAPH["fallback"] or COMPILED["fallback"]
 
 
 def _run_captured(advance: Callable[[], None], state: dict, out: dict, t: torch.Tensor, horizon: int) -> None:
@@ -199,13 +226,22 @@ def _restore(state: dict, t: torch.Tensor, copy: tuple[dict, torch.Tensor]) -> N
     t.copy_(copy[1])
 
 
-def resolve_engine(engine: str, device: torch.device) -> str:
-    """auto: a captured CUDA graph on CUDA, eager elsewhere (compiling on CPU costs tens of
-    seconds per process and shape; `compiled` opts in)."""
+# auto on the CPU compiles the step when the run takes at least this many imagined steps in
+# sequence (deployments x TRPO iterations x rollout_length): compiling costs about a minute per
+# process and saves 0.1-0.6 ms per step (bench/medium_engine.json, bench/results.json); rule in
+# docs/paper_to_code.md, "The rollout engine on the CPU".
+AUTO_COMPILE_MIN_STEPS = 1_000_000
+
+
+def resolve_engine(engine: str, device: torch.device, sequential_steps: int | None = None) -> str:
+    """auto: a captured CUDA graph on CUDA; on the CPU, compiled for a run of at least
+    AUTO_COMPILE_MIN_STEPS `sequential_steps`, eager otherwise (and when they are not given)."""
     if engine not in ROLLOUT_ENGINES:
         raise ValueError(f"rollout engine must be one of {ROLLOUT_ENGINES}, got {engine!r}")
     if engine == "auto":
-        return "cuda_graph" if device.type == "cuda" else "eager"
+        if device.type == "cuda":
+            return "cuda_graph"
+        return "compiled" if (sequential_steps or 0) >= AUTO_COMPILE_MIN_STEPS else "eager"
     if engine == "cuda_graph" and device.type != "cuda":
         raise ValueError(f"rollout engine cuda_graph needs a CUDA device, got {device}; use auto, eager or compiled")
     return engine
@@ -240,7 +276,8 @@ def imagine(dynamics, policy_sample: Callable, start_states: torch.Tensor, n_rol
             members: Sequence[int] | torch.Tensor | None = None, clip_obs: tuple | None = None,
             label_fn: Callable | None = None, reward_fn: Callable | None = None,
             termination_fn: Callable | None = None, restart: bool = True,
-            engine: str = "auto", batch_size: int | None = None) -> dict[str, torch.Tensor]:
+            engine: str = "auto", run_steps: int | None = None,
+            batch_size: int | None = None) -> dict[str, torch.Tensor]:
     """Roll `policy_sample` out in `dynamics`: n_rollouts lanes, `horizon` steps each.
 
     - start_states [S, obs_dim]: the pool on the device; each lane starts from a state drawn
@@ -264,6 +301,7 @@ def imagine(dynamics, policy_sample: Callable, start_states: torch.Tensor, n_rol
     - label_fn(flat_obs, flat_act_clipped) -> [T*N]: U-hat of each imagined transition (eq. 12),
       called once after the loop on all T x N transitions.
     - engine: ROLLOUT_ENGINES, see `resolve_engine`; all give the same numbers up to float rounding.
+      run_steps: the imagined steps the whole run takes in sequence, which `auto` reads on the CPU.
     - batch_size (needs restart=True): BREMEN's sampler instead of exactly `horizon` steps: a
       path also ends when it reaches `horizon` steps (the lane restarts), and the lanes run on
       until the paths completed so far hold >= batch_size steps (`_run_until_batch`). Draws are
@@ -285,7 +323,7 @@ def imagine(dynamics, policy_sample: Callable, start_states: torch.Tensor, n_rol
     if batch_size is not None and (not restart or batch_size < 1):
         raise ValueError(f"imagine(batch_size={batch_size}) needs restart=True and batch_size >= 1 (BREMEN's sampler)")
     device = start_states.device
-    engine = resolve_engine(engine, device)
+    engine = COMPILED["used"] = resolve_engine(engine, device, run_steps)
     reward_fn = reward_fn or (lambda s, a, s2: model_side.model_reward(env_name, s, a, s2))
     termination_fn = termination_fn or (lambda s, a, s2: model_side.model_termination(env_name, s, a, s2))
     candidates = torch.as_tensor(range(dynamics.members) if members is None else members).long().to(device)
