@@ -280,3 +280,31 @@ def test_medium_engine_times_both_engines_at_the_medium_run_sizes_and_projects_a
         assert e["run_policy_min"] == pytest.approx((3000 * e["iteration_s"] + e["compile_s"]) / 60)
     assert row["iteration_speedup"] == pytest.approx(row["engines"]["eager"]["iteration_s"]
                                                      / row["engines"]["compiled"]["iteration_s"])
+
+
+def test_medium_engine_grid_splits_each_cells_trpo_minutes_by_the_engine_each_deployment_ran(tmp_path):
+    """--grid reads the committed runs only: per-deployment policy_s under the engine provenance.json
+    records (no field: eager, the CPU's `auto` before the compiled engine), MOPO left out."""
+    import json
+
+    import medium_engine
+
+    def run(algo, seed, policy_s, engines):
+        d = tmp_path / "runs" / algo / "hopper" / "500k" / f"seed{seed}"
+        d.mkdir(parents=True)
+        lines = ["deployment,policy_s"] + [f"{i + 1},{s}" for i, s in enumerate(policy_s)]
+        (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+        deployments = [{"deployment": i + 1, **({"rollout_engine": e} if e else {})} for i, e in enumerate(engines)]
+        (d / "provenance.json").write_text(json.dumps({"deployments": deployments}))
+
+    run("musbo", 0, [300, 360], [None, None])
+    run("musbo", 1, [240, 120], [None, "compiled"])
+    run("mopo", 0, [900, 900], [None, None])
+    (tmp_path / "runs" / "musbo" / "hopper" / "500k" / "seed2").mkdir()  # unfinished: no metrics.csv
+    out = medium_engine.main(["--grid", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "g.json")])
+    assert json.loads((tmp_path / "g.json").read_text()) == json.loads(json.dumps(out))
+    assert list(out["cells"]) == ["musbo hopper"]
+    cell = out["cells"]["musbo hopper"]
+    assert cell["eager"] == {"deployments": 3, "seeds": [0, 1], "policy_min_per_deployment": pytest.approx(5.0)}
+    assert cell["compiled"] == {"deployments": 1, "seeds": [1], "policy_min_per_deployment": pytest.approx(2.0)}
+    assert cell["speedup"] == pytest.approx(2.5)
