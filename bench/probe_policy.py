@@ -1,4 +1,4 @@
-"""Where does a finished MUSBO or BREMEN run's last policy go: in the real env, and in each member
+"""Where does a finished run's last policy go: in the real env, and (MUSBO, BREMEN) in each member
 of its learned dynamics? A look at model exploitation that needs the run's checkpoint (kept on
 the machine that made the run; never committed).
 
@@ -7,9 +7,11 @@ the machine that made the run; never committed).
 From the start state of the run's first eval episode of its last deployment, the deterministic
 policy (the eval policy) acts for --steps steps (at most max_episode_steps; default: TRPO's
 rollout length):
-- real: the env's return and the mean |action| over those steps, and the std of each action
-  entry over time (about 0: a constant action);
-- imagined, one row per member: the same policy closed-loop in that member alone, its states
+- real: the env's return, its length (shorter than --steps: the episode terminated), the mean
+  forward velocity and |action| over those steps, and the std of each action entry over time
+  (about 0: a constant action);
+- imagined (MUSBO and BREMEN; MOPO's SAC learns in its penalized model, which this does not
+  replay), one row per member: the same policy closed-loop in that member alone, its states
   clamped into the box TRPO used, with the model reward and termination TRPO used.
 With --steps = max_episode_steps the real return is the first eval episode's own (a check that
 the probe acts as the eval did)."""
@@ -31,10 +33,11 @@ from algos.core.model_trpo import prediction_box  # noqa: E402
 from algos.core.seeding import stream_seed  # noqa: E402
 from algos.rundir import latest_checkpoint  # noqa: E402
 from algos.run import make_algorithm  # noqa: E402
+from envs import ENV_SPECS  # noqa: E402
 from envs.collector import run_episodes  # noqa: E402
 from envs.model_side import model_reward, model_termination  # noqa: E402
 
-PROBED = ("musbo", "bremen")  # the algorithms with a TRPO policy and a dynamics ensemble
+TRPO_ALGOS = ("musbo", "bremen")  # their TRPO imagines in the raw dynamics, which the probe replays
 
 
 def load(run: Path):
@@ -42,9 +45,6 @@ def load(run: Path):
     if not (run / "config.yaml").is_file():
         raise SystemExit(f"probe_policy: {run} has no config.yaml; pass a run directory (results/<profile>/runs/...)")
     cfg = read_config_file(run / "config.yaml")
-    if cfg["algo"] not in PROBED:
-        raise SystemExit(f"probe_policy: {run} is a {cfg['algo']} run; only {', '.join(PROBED)} have a TRPO "
-                         "policy and a dynamics ensemble to probe")
     _, state, batches = latest_checkpoint(run, cfg)
     if state is None:
         raise SystemExit(f"probe_policy: {run} has no checkpoint that verifies; probe it on the machine that made it")
@@ -78,13 +78,16 @@ def probe(run: Path, steps: int | None = None) -> dict:
     steps = min(int(steps or cfg["trpo"]["rollout_length"]), cfg["max_episode_steps"])
     episode = run_episodes(cfg["env"], algo.eval_policy(), 1, seed=stream_seed(cfg["seed"], "eval", deployment),
                            max_episode_steps=steps)[0]
-    box = prediction_box(cfg["trpo"]["clip_predictions"], data)
+    imagined = []
+    if cfg["algo"] in TRPO_ALGOS:
+        box = prediction_box(cfg["trpo"]["clip_predictions"], data)
+        imagined = [imagine(cfg, algo, episode["obs"][0], steps, box, m) for m in range(cfg["dynamics"]["members"])]
     return {"run": str(run), "algo": cfg["algo"], "env": cfg["env"], "deployment": deployment, "steps": steps,
             "real": {"return": episode["ret"], "steps": len(episode["act"]),
+                     "mean_x_velocity": float(episode["next_obs"][:, ENV_SPECS[cfg["env"]].x_velocity_index].mean()),
                      "mean_abs_action": float(np.abs(episode["act"]).mean()),
                      "action_std_over_time": float(episode["act"].std(0).mean())},
-            "imagined": [imagine(cfg, algo, episode["obs"][0], steps, box, m)
-                         for m in range(cfg["dynamics"]["members"])]}
+            "imagined": imagined}
 
 
 def main(argv=None) -> int:
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
     results = [probe(run, args.steps) for run in args.runs]
     for r in results:
         real = r["real"]
-        print(f"{r['run']} (deployment {r['deployment']}, {r['steps']} steps): real return {real['return']:.1f}, "
+        print(f"{r['run']} (deployment {r['deployment']}, {r['steps']} steps): real return {real['return']:.1f} "
+              f"over {real['steps']} steps, mean forward velocity {real['mean_x_velocity']:.2f}, "
               f"mean |a| {real['mean_abs_action']:.3f}, std of a over time {real['action_std_over_time']:.3f}")
         for m in r["imagined"]:
             print(f"  member {m['member']}: imagined return {m['return']:.1f} over {m['steps']} steps, "

@@ -177,35 +177,40 @@ def test_run_each_starts_no_run_after_one_fails():
     assert sorted(started) == ["a", "c"]
 
 
-def test_probe_policy_acts_as_the_eval_did_and_refuses_runs_without_a_trpo_policy(tmp_path):
-    """bench/probe_policy.py on a finished smoke MUSBO run: over a whole episode its real rollout
-    is the run's first eval episode of the last deployment (same policy, same start state); one
-    imagined rollout per dynamics member; a MOPO run directory gets a one-line error."""
+def test_probe_policy_acts_as_the_eval_did_and_imagines_only_for_trpo_runs(tmp_path):
+    """bench/probe_policy.py on finished smoke MUSBO and MOPO runs: over a whole episode the real
+    rollout is the run's first eval episode of the last deployment (same policy, same start state);
+    MUSBO gets one imagined rollout per dynamics member, MOPO none; a directory
+    without a run gets a one-line error."""
     import subprocess
 
     import pandas as pd
     import yaml
 
-    run = tmp_path / "seed3"
-    proc = subprocess.run([sys.executable, "-m", "algos.run", "--algo", "musbo", "--env", "hopper", "--budget",
-                           "250k", "--seed", "3", "--profile", "smoke", "--out", str(run)],
-                          cwd=profile_run.ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    r = probe_policy.probe(run, steps=cfg["max_episode_steps"])
-    evals = pd.read_csv(run / "eval_returns.csv")
-    first = evals[(evals.deployment == cfg["deployments"]) & (evals.episode == 0)]["return"].item()
-    assert r["deployment"] == cfg["deployments"] and r["real"]["return"] == pytest.approx(first, rel=1e-6)
+    def smoke_run(algo):
+        run = tmp_path / algo / "seed3"
+        proc = subprocess.run([sys.executable, "-m", "algos.run", "--algo", algo, "--env", "hopper", "--budget",
+                               "250k", "--seed", "3", "--profile", "smoke", "--out", str(run)],
+                              cwd=profile_run.ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        r = probe_policy.probe(run, steps=cfg["max_episode_steps"])
+        evals = pd.read_csv(run / "eval_returns.csv")
+        first = evals[(evals.deployment == cfg["deployments"]) & (evals.episode == 0)].iloc[0]
+        assert r["deployment"] == cfg["deployments"] and r["real"]["return"] == pytest.approx(first["return"], rel=1e-6)
+        assert 1 <= r["real"]["steps"] <= cfg["max_episode_steps"] and np.isfinite(r["real"]["mean_x_velocity"])
+        return run, cfg, r
+
+    run, cfg, r = smoke_run("musbo")
     assert [m["member"] for m in r["imagined"]] == list(range(cfg["dynamics"]["members"]))
     assert all(1 <= m["steps"] <= cfg["max_episode_steps"] and np.isfinite(m["return"]) for m in r["imagined"])
     # --steps bounds the real and every imagined rollout
     short = probe_policy.probe(run, steps=3)
-    assert short["steps"] == 3 and all(m["steps"] <= 3 for m in short["imagined"])
+    assert short["steps"] == 3 and short["real"]["steps"] <= 3 and all(m["steps"] <= 3 for m in short["imagined"])
 
-    (tmp_path / "mopo").mkdir()
-    (tmp_path / "mopo" / "config.yaml").write_text(yaml.safe_dump({**cfg, "algo": "mopo"}))
-    with pytest.raises(SystemExit, match="is a mopo run; only musbo, bremen have a TRPO policy"):
-        probe_policy.probe(tmp_path / "mopo")
+    assert smoke_run("mopo")[2]["imagined"] == []
+    with pytest.raises(SystemExit, match="has no config.yaml; pass a run directory"):
+        probe_policy.probe(tmp_path)
 
 
 def test_handoff_replays_the_run_up_to_deployment_ds_trpo_and_scores_both_policies(tmp_path):
