@@ -419,13 +419,18 @@ def test_policy_update_improves_a_one_step_bandit(rule):
     assert expected_reward() > start + 0.5 * abs(start)
 
 
+def quadratic_cost_rollout(policy, T=5, N=16):
+    """[T, N] steps of the policy's sampled actions with reward -||a||^2, none terminated, all alive."""
+    obs, act = states_and_sampled_actions(policy, T, N, torch.Generator().manual_seed(0))
+    return dict(obs=obs, act=act, rew=-act.pow(2).sum(-1), next_obs=torch.roll(obs, -1, 0),
+                terminated=torch.zeros(T, N, dtype=torch.bool), alive=torch.ones(T, N))
+
+
 def test_policy_update_ignores_dead_steps_and_guards_nan():
     policy = make_policy()
     gen = torch.Generator().manual_seed(0)
     T, N = 5, 16
-    obs, act = states_and_sampled_actions(policy, T, N, gen)
-    rollout = dict(obs=obs, act=act, rew=-act.pow(2).sum(-1), next_obs=torch.roll(obs, -1, 0),
-                   terminated=torch.zeros(T, N, dtype=torch.bool), alive=torch.ones(T, N))
+    rollout = quadratic_cost_rollout(policy, T, N)
     rollout["terminated"][2, :4] = True
     rollout["alive"][3:, :4] = 0
     garbage = {k: v.clone() for k, v in rollout.items()}
@@ -448,6 +453,25 @@ def test_policy_update_ignores_dead_steps_and_guards_nan():
     with pytest.raises(FloatingPointError, match="phase=policy"):
         policy_update(policy, LinearBaseline(4), rollout, None, gamma=0.99, lam=0.95, normalize_advantages=True,
                       **TRPO)
+
+
+def test_policy_update_carries_a_diverged_baseline_as_bremens_float64_does():
+    """A baseline that predicts values of 1e37 (a linear baseline fed its own extrapolated value
+    targets reached 1e34-1e36 in a medium MUSBO Hopper run): the sum behind the advantages' mean
+    overflows float32, not float64 (BREMEN's numpy), so the update still takes a finite step."""
+    policy = make_policy()
+    rollout = quadratic_cost_rollout(policy)
+
+    class Diverged(LinearBaseline):
+        def predict(self, obs, timesteps):
+            return 1e37 * (1.0 + obs[..., 0].abs())
+
+    before = flat(policy_parameters(policy)).clone()
+    stats = policy_update(policy, Diverged(4), rollout, None, gamma=0.99, lam=0.95, normalize_advantages=True,
+                          **TRPO, generator=torch.Generator().manual_seed(1))
+    after = flat(policy_parameters(policy))
+    assert torch.isfinite(after).all() and not torch.equal(after, before)
+    assert math.isfinite(stats["surrogate_before"]) and math.isfinite(stats["kl"])
 
 
 def test_policy_update_reads_the_rollout_timestep_and_bootstraps_only_when_asked():

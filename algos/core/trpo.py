@@ -501,11 +501,18 @@ def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, we
     def alive_steps(x):  # [T, N, ...] -> [n_alive, ...]; a plain reshape when every step is alive
         return x.reshape(T * N, *x.shape[2:]) if all_alive else x[keep]
 
+    # Values, GAE, value targets and the advantage normalisation in float64, as BREMEN's numpy
+    # (libs/samplers/vectorized_sampler.py:115-142). The linear baseline's t^3 term, fitted on short
+    # paths, extrapolates to the rare imagined path of 1000 steps; the value targets (A + V) feed that
+    # back, and in one medium MUSBO Hopper run they grew to 1e34 within a deployment. float64 carries
+    # such a baseline on (as BREMEN's code would); float32 overflowed in the advantages' std.
     with torch.no_grad():
-        values = baseline.predict(obs, timesteps)
-        last_values = baseline.predict(r["next_obs"][-1].float(), timesteps[-1] + 1) if bootstrap_cutoff else None
+        values = baseline.predict(obs, timesteps).double()
+        last_values = (baseline.predict(r["next_obs"][-1].float(), timesteps[-1] + 1).double()
+                       if bootstrap_cutoff else None)
         ends = r["path_end"] if padded else r["terminated"]
-        adv, returns = gae(rew, values, ends, gamma, lam, last_values=last_values, alive=None if all_alive else alive)
+        adv, returns = gae(rew.double(), values, ends, gamma, lam, last_values=last_values,
+                           alive=None if all_alive else alive)
     adv_alive = alive_steps(adv)
     _check_finite("imagined rollout (obs, act or reward of an alive step) or advantages",
                   alive_steps(obs), alive_steps(act), alive_steps(rew), adv_alive)
@@ -516,12 +523,13 @@ def policy_update(policy: GaussianPolicy, baseline: nn.Module, rollout: dict, we
         real, gather = rows["real"], (lambda x: x[rows["t"], rows["n"]])
         batch_obs = torch.where(real[:, None], gather(obs), 0.0)
         batch_act = torch.where(real[:, None], gather(act), 0.0)
-        batch_adv = torch.where(real, gather((adv - adv_mean) / adv_scale if normalize_advantages else adv), 0.0)
+        batch_adv = torch.where(real, gather((adv - adv_mean) / adv_scale if normalize_advantages else adv),
+                                0.0).float()
         # eq. 12 weights: a real row keeps its label; a padded row gets the label at t = 0 of its
         # lane, which does not matter: its advantage is 0, so its surrogate term and gradient are 0
         w = None if weights is None else gather(torch.as_tensor(weights, device=device).float())
     else:
-        batch_obs, batch_act, batch_adv = alive_steps(obs), alive_steps(act), adv_alive
+        batch_obs, batch_act, batch_adv = alive_steps(obs), alive_steps(act), adv_alive.float()
         w = None if weights is None else alive_steps(torch.as_tensor(weights, device=device).float())
     t1 = time.perf_counter()
 
