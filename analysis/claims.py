@@ -610,7 +610,7 @@ def claims(study: Study, out: Path) -> list[Path]:
                         "Verdict": f"**{c.verdict}**" + "".join(f"<br>⚠ {n}" for n in c.note.split("<br>") if n),
                         "Rule": c.rule} for c in rows])
     kinds = [next(k for k in VERDICT_KINDS if c.verdict.startswith(k)) for c in rows]
-    summary = ["", "Summary: " + ", ".join(f"{kinds.count(k)} {k}" for k in VERDICT_KINDS if k in kinds), ""]
+    summary = ["", "Summary of the verdicts: " + ", ".join(f"{kinds.count(k)} {k}" for k in VERDICT_KINDS if k in kinds), ""]
     csv = pd.DataFrame([c.__dict__ for c in rows]).assign(ours=lambda d: d.ours.str.replace("<br>", "; "),
                                                           note=lambda d: d.note.str.replace("<br>", " | "))
     sections = (learned.section(study) + monotone_section(study) + time_section(study) + ablations_section(study)

@@ -82,6 +82,6 @@ def section(study: Study) -> list[str]:
                           "Final": [fmt_interval(ci, d) for ci, d in zip(df.final, digits)],
                           "Reading": df.reading})
     counts = df.reading.value_counts()
-    summary = "Summary: " + ", ".join(f"{counts[k]} {k}" for k in
-                                      (LEARNED, IMPROVED_ONLY, TRIVIAL_ONLY, DID_NOT_LEARN, NO_CALL) if k in counts)
+    summary = "Summary of the learning check: " + ", ".join(
+        f"{counts[k]} {k}" for k in (LEARNED, IMPROVED_ONLY, TRIVIAL_ONLY, DID_NOT_LEARN, NO_CALL) if k in counts)
     return lines + [markdown_table(shown), "", summary, ""]

@@ -104,7 +104,7 @@ def report(study: Study, out: Path) -> list[Path]:
              "[claims.md](claims.md) ([CSV](claims.csv)).", ""]
     claims_md = out / "claims.md"
     if claims_md.is_file():
-        summary = [ln for ln in claims_md.read_text().splitlines() if ln.startswith("Summary:")]
+        summary = [ln for ln in claims_md.read_text().splitlines() if ln.startswith("Summary of ")]
         lines += summary + [""]
     lines += ["## Figures", ""]
     for name, heading, what in SECTIONS:

@@ -126,6 +126,7 @@ def test_report_links_every_output_and_names_provenance(made_all):
               "table1_novelty.tex", "table2_hyperparameters.csv"):
         assert f"({f})" in report, f
     assert "`fake000` (63 runs)" in report and "63 of 66 planned present" in report
+    assert "\nSummary of the verdicts: " in report and "\nSummary of the learning check: " in report
 
 
 def test_table1_equals_the_cosine_similarity_of_the_saved_batches(made_all, results, mini):
