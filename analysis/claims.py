@@ -130,14 +130,17 @@ class Evidence(Lookups):
         """Both kinds of note, for a verdict that compares the runs at these (env, budget) pairs."""
         return "<br>".join(n for n in (self.mechanism_note(*scopes), self.still_note(*scopes, algos=algos)) if n)
 
-    def agg(self, measure, budget, name) -> Interval:
+    def agg(self, measure, budget, name) -> tuple[Interval, str]:
+        """The across-env estimate, and where it misses envs of the grid, ' (k of n envs)': a
+        claim about all envs is judged only on estimates that cover them all."""
         r = self.aggregate[(self.aggregate.measure == measure) & (self.aggregate.budget == budget)
                            & (self.aggregate.name == name)]
         if not len(r):
-            return NO_ESTIMATE
+            return NO_ESTIMATE, ""
         if r.iloc[0].min_seeds:  # 0: no run at all
             self.saw(int(r.iloc[0].min_seeds))
-        return Interval(*r.iloc[0][["point", "low", "high"]])
+        return (Interval(*r.iloc[0][["point", "low", "high"]]),
+                summaries.envs_missed(int(r.iloc[0].n_envs), len(self.study.cfg["envs"])))
 
     def claim(self, *fields, **named) -> Claim:
         """A Claim that rests on the estimates looked up since the last one."""
@@ -276,13 +279,14 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
     if {"500k", "250k"} <= set(cfg["budgets"]):
         outcomes, shown = [], []
         for a in study.algos:
-            hi, lo = ev.agg("iqm", "500k", a), ev.agg("iqm", "250k", a)
-            outcomes.append(compare(hi, lo) if np.isfinite(hi.point) and np.isfinite(lo.point) else None)
-            shown.append(f"{label(a)}: 500k {fmt_interval(hi, 2)} vs 250k {fmt_interval(lo, 2)}")
+            (hi, hi_missing), (lo, lo_missing) = ev.agg("iqm", "500k", a), ev.agg("iqm", "250k", a)
+            outcomes.append(None if hi_missing or lo_missing else compare(hi, lo))
+            shown.append(f"{label(a)}: 500k {fmt_interval(hi, 2)}{hi_missing} vs 250k {fmt_interval(lo, 2)}{lo_missing}")
         claims.append(ev.claim("C10", "§4", "With half the data (250k), the performance of all algorithms is reduced.",
                             "no number", "IQM of normalised final return across envs:<br>" + "<br>".join(shown),
                             ev.verdict(outcomes, "above"),
-                            "each algorithm's 500k IQM CI above its 250k IQM CI (stratified bootstrap over envs)"))
+                            "each algorithm's 500k IQM CI above its 250k IQM CI (stratified bootstrap over envs; "
+                            "both budgets on every env of the grid)"))
 
     # -- section 5: novelty (Table 1) and model accuracy (Fig. 6) --
     deps = range(2, study.deployments(cfg["novelty_env"]) + 1)
@@ -356,17 +360,18 @@ def collect_claims(study: Study, mech: pd.DataFrame | None = None) -> list[Claim
     # -- abstract / section 6: overall --
     for budget in cfg["budgets"]:
         outcomes, shown = [], []
-        for b in _baselines(study):
-            p = ev.agg("poi", budget, f"musbo>{b}")
-            outcomes.append(None if not np.isfinite(p.low) else
+        estimates = {b: ev.agg("poi", budget, f"musbo>{b}") for b in _baselines(study)}
+        for b, (p, missing) in estimates.items():
+            outcomes.append(None if missing or not np.isfinite(p.low) else
                             "above" if p.low > 0.5 else "below" if p.high < 0.5 else "overlap")
-            shown.append(f"P(MUSBO > {label(b)}) = {fmt_interval(p, 2)}")
-        if all(not np.isfinite(ev.agg("poi", budget, f"musbo>{b}").point) for b in _baselines(study)):
+            shown.append(f"P(MUSBO > {label(b)}) = {fmt_interval(p, 2)}{missing}")
+        if all(not np.isfinite(p.point) for p, _ in estimates.values()):
             outcomes = []
         claims.append(ev.claim(f"C15-{budget}", "Abstract, §6", f"MUSBO outperforms the baselines overall ({budget}).",
                             "no number", "probability of improvement of the final return, across envs:<br>"
                             + "<br>".join(shown), ev.verdict(outcomes, "above"),
-                            "for each baseline, the CI of P(MUSBO > baseline) above 0.5 (stratified bootstrap)",
+                            "for each baseline, the CI of P(MUSBO > baseline) above 0.5 (stratified bootstrap; "
+                            "runs on every env of the grid)",
                             ev.notes(*[(env, budget) for env in cfg["envs"]])))
     return claims
 

@@ -228,7 +228,7 @@ def aggregate(study: Study, out: Path) -> list[Path]:
                 if not r.empty and np.isfinite(r.point.iloc[0]):
                     _interval(ax_iqm, r.iloc[0], y, styles[algo][0])
                 ticks.append(y)
-                names.append(f"{label(algo)} · {budget}")
+                names.append(f"{label(algo)} · {budget}{_envs_missed(r, study)}")
         ax_iqm.set_yticks(ticks, names)
         ax_iqm.axvline(0, color="0.5", lw=0.8, ls=":")
         ax_iqm.axvline(1, color="0.5", lw=0.8, ls=":")
@@ -243,7 +243,7 @@ def aggregate(study: Study, out: Path) -> list[Path]:
                 if not r.empty and np.isfinite(r.point.iloc[0]):
                     _interval(ax_poi, r.iloc[0], y, styles[base][0])
                 ticks.append(y)
-                names.append(f"MUSBO > {label(base)} · {budget}")
+                names.append(f"MUSBO > {label(base)} · {budget}{_envs_missed(r, study)}")
         ax_poi.set_yticks(ticks, names)
         ax_poi.set_xlim(-0.03, 1.03)
         ax_poi.axvline(0.5, color="0.3", lw=1, ls="--")
@@ -260,6 +260,11 @@ def aggregate(study: Study, out: Path) -> list[Path]:
     return paths + [write_csv(Path(out) / "aggregate.csv", agg),
                     write_csv(Path(out) / "data" / "normalised_final_returns.csv",
                               summaries.normalised_final_returns(study))]
+
+
+def _envs_missed(r: pd.DataFrame, study: Study) -> str:
+    """The tick label's note on an aggregate row that misses envs of the grid."""
+    return summaries.envs_missed(int(r.n_envs.iloc[0]) if len(r) else 0, len(study.cfg["envs"]))
 
 
 def _interval(ax, r, y: float, color: str) -> None:

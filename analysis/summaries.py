@@ -113,6 +113,12 @@ def aggregate(study: Study) -> pd.DataFrame:
                                        "min_seeds"])
 
 
+def envs_missed(n_envs: int, n_grid: int) -> str:
+    """' (k of n envs)' for an across-env estimate on some envs of the grid; '' on all of them,
+    or on none (no estimate: shown as n/a)."""
+    return "" if n_envs in (0, n_grid) else f" ({n_envs} of {n_grid} envs)"
+
+
 NOVELTY_READINGS = {"cosine_similarity": "mean over all pairs", "nn_cosine_similarity": "nearest neighbour"}
 
 

@@ -371,3 +371,21 @@ def test_missing_runs_lists_table1_runs_only_when_neither_novelty_csv_nor_batche
     (keys[0].path(copy) / "novelty.csv").unlink()
     report = Study(mini, copy).missing_report()
     assert ": 1 runs" in report.split(section)[1].splitlines()[0] and f"`{keys[0]}`" in report
+
+
+def test_claims_about_every_env_are_not_judged_on_a_budget_run_on_some_envs(results, mini, tmp_path):
+    """C10 and C15 speak of all envs: a budget whose runs cover one env (the medium grid's 250k
+    half began with HalfCheetah alone) gives them no verdict, and says how many envs it has."""
+    from analysis.claims import collect_claims
+    whole = {c.id: c for c in collect_claims(Study(mini, results))}
+    assert whole["C15-250k"].verdict == "holds" and "envs)" not in whole["C15-250k"].ours
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    for key in Study(mini, copy).main_keys():
+        if key.budget == "250k" and key.env != "halfcheetah":
+            shutil.rmtree(key.path(copy))
+    part = {c.id: c for c in collect_claims(Study(mini, copy))}
+    assert part["C15-500k"].verdict == "holds"
+    for cid in ("C15-250k", "C10"):
+        assert part[cid].verdict.startswith("inconclusive (runs missing"), (cid, part[cid].verdict)
+        assert "(1 of 5 envs)" in part[cid].ours, cid
