@@ -20,6 +20,7 @@ rollout_length, config/paper.yaml)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -158,6 +159,8 @@ def measure_shape(name: str, device, members: int, dyn_hidden, pol_hidden, quick
         dispatch = _us_per_step(dispatch_run, horizon, device, repeats)
         rows[engine] = {"wall_us_per_step": wall, "dispatch_us_per_step": dispatch,
                         **count_ops(dispatch_run, min(horizon, 20), device)}
+        print(f"bench_rollouts: {name} {engine}: {wall:.0f} us per step (dispatch {dispatch:.0f})",
+              file=sys.stderr, flush=True)  # progress: a run cut off by its time limit still says this much
     best = min((e for e in engines if e != "legacy"), key=lambda e: rows[e]["dispatch_us_per_step"])
     return {"rollouts": n, "horizon": horizon, "env": env, "engines": rows, "best_engine": best,
             "dispatch_speedup_vs_legacy": rows["legacy"]["dispatch_us_per_step"] / rows[best]["dispatch_us_per_step"],
@@ -292,5 +295,4 @@ def run(quick: bool, device: str = "cpu", with_iteration: bool = True, engines: 
 
 if __name__ == "__main__":
     import json
-    import sys
     print(json.dumps(run("--quick" in sys.argv), indent=1, default=float))

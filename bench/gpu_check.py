@@ -92,6 +92,7 @@ def main() -> None:
     t0 = time.time()
     engines = ["legacy", "eager"] + (["compiled"] if args.compiled else []) + (["cuda_graph"] if device.type == "cuda" else [])
     rollouts = bench_rollouts.run(args.quick, str(device), engines=engines)
+    print(f"gpu_check: rollouts and the TRPO iteration measured ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     fit = fit_epoch(device, args.quick)
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
     results = {

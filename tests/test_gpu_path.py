@@ -30,3 +30,22 @@ def test_gpu_check_runs_without_the_simulators(tmp_path):
     for env in ("walker2d", "hopper", "halfcheetah", "ant", "cheetah-run"):
         assert results["projection_hours"][env]["run_hours"] > 0
     assert results["projection_hours"]["hopper"]["sequential_steps"] == 10 * 6000 * 1000
+
+
+def test_gpu_steps_bench_times_every_variant_and_puts_adam_back(tmp_path):
+    """bench/bench_gpu_steps.py: BC (foreach vs fused Adam) and SAC (with vs without its host
+    syncs) on CPU at a few steps; the fused row swaps torch.optim.Adam for its loop only."""
+    import torch
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_gpu_steps
+
+    adam = torch.optim.Adam
+    assert bench_gpu_steps.bc_ms(torch.device("cpu"), 3, 1, fused=True) > 0
+    assert torch.optim.Adam is adam
+    out = tmp_path / "steps.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu_steps.py"), "--device", "cpu", "--quick",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for key in ("bc_foreach_ms", "bc_fused_ms", "sac_update_ms", "sac_update_no_sync_ms"):
+        assert results[key] > 0, key
