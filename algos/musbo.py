@@ -6,6 +6,7 @@ Equations are those of ../shared/spec/MUSBO.md; config keys are in config/paper.
 .musbo and friends); docs/paper_to_code.md maps each to this file."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -124,12 +125,13 @@ class MUSBO:
         _, gen = rngs(seed, "bc", deployment, device=self.device)
         with timer("bc"):
             # Eq. 11: pi_init = argmin (1/|D|) sum 1/2 U(s, a) ||a - pi(s)||^2 (U kept from arrival).
+            handoff = (copy.deepcopy(self.policy), dataset.newest()["obs"]) if deployment > 1 else None
             if self.m["reinit_policy"]:
                 self.policy = make_policy(cfg, self.obs_dim, self.act_dim, self.device)
             # "same split and early stop" as eq. 8: the last 15 % of each batch, patience 3
             train, holdout = dataset.split(cfg["bc"]["holdout_split"], cfg["bc"]["holdout"], gen)
             clone_policy(self.policy, train, cfg, gen, all_obs=data["obs"], weighted=weighted, holdout=holdout,
-                         early_stopping=True, scalars=self.scalars)
+                         early_stopping=True, scalars=self.scalars, handoff=handoff)
         _, gen = rngs(seed, "trpo", deployment, device=self.device)
         if self.m["eq12_alpha"] == "calibrated":
             self.eq12_alpha = None  # set by the first imagined batch of this deployment's TRPO

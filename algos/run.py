@@ -296,7 +296,8 @@ def deployment_loop(cfg, out, tag, start, device, allow_different_host, track,
                                 **{f"{p}_s": round(timer.seconds[p], 3) for p in PHASES}})
         rows["eval"] += [{"deployment": deployment, "episode": k, "return": float(r)} for k, r in enumerate(returns)]
         rows["model"].append(model_row)
-        algo.scalars.add_many("eval", {"return_mean": returns.mean(), "return_std": returns.std(), **{
+        algo.scalars.add_many("eval", {"return_mean": returns.mean(), "return_std": returns.std(),
+                                       "episode_length_mean": np.mean([len(ep["rew"]) for ep in episodes]), **{
             k: model_row[k] for k in ("energy_distance", "trajectory_mse")}})
         rows["provenance"].append({"deployment": deployment, **host, "resumed_on_different_host": different_host,
                                    "resumed_inside": resumed_inside, "rollout_engine": engine_used(),

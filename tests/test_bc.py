@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from algos.core.bc import bc_loss, clone_policy, normalizer_moments, random_action_loss, weighted_bc
+from algos.core.bc import bc_loss, clone_policy, handoff_gap, normalizer_moments, random_action_loss, weighted_bc
 from algos.core.policy import GaussianPolicy
 from algos.core.scalars import Scalars
 from algos.core.training import StoppingRule
@@ -183,3 +183,24 @@ def test_cloning_random_actions_ends_at_the_recorded_reference_and_real_actions_
         losses[name] = [r["value"] for r in rows if r["name"] == "bc_loss"][-1] / reference[0]
     assert losses["random"] > 0.95                  # nothing to learn: at the random-action level
     assert losses["learnable"] < 0.2
+
+
+def test_handoff_gap_records_how_far_the_clone_starts_from_the_policy_that_collected():
+    """handoff_gap: 1/2 mean ||pi_clone(s) - pi_prev(s)||^2 on the collected states, recorded once;
+    cloning the collector's own actions closes most of the gap a fresh policy starts with."""
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(2000, 3, generator=gen)
+    collector = make_policy(seed=1)
+    with torch.no_grad():
+        collector.mean_head.weight.mul_(20.0)  # a collector far from a fresh policy's near-zero actions
+        act = collector.mean_action(obs)
+    assert handoff_gap(collector, collector, obs.numpy()) == 0.0
+    fresh = make_policy(seed=2)
+    expected = 0.5 * (fresh.mean_action(obs) - act).pow(2).sum(-1).mean().item()
+    assert handoff_gap(collector, fresh, obs.numpy()) == pytest.approx(expected, rel=1e-5)
+    scalars, clone = Scalars(), make_policy(seed=2)
+    weighted_bc(clone, data(obs, act), None, **BC, steps=400, scalars=scalars, generator=torch.Generator().manual_seed(0),
+                handoff=(collector, obs.numpy()))
+    recorded = [r["value"] for r in scalars.rows if r["name"] == "handoff_gap"]
+    assert recorded == [pytest.approx(handoff_gap(collector, clone, obs.numpy()))]
+    assert recorded[0] < 0.2 * expected

@@ -52,6 +52,9 @@ def test_bc_on_the_newest_batch_only_with_fresh_policy(monkeypatch):
     np.testing.assert_array_equal(seen["bc_obs"], dataset.newest()["obs"])
     assert not seen["bc_kw"].get("weighted", False)             # plain BC: unit weights
     assert seen["policy"] is not old_policy                  # re-initialised each deployment
+    previous, states = seen["bc_kw"]["handoff"]              # handoff_gap: from the policy that collected B(2)
+    np.testing.assert_array_equal(states, dataset.newest()["obs"])
+    assert all(torch.equal(a, b) for a, b in zip(previous.state_dict().values(), old_policy.state_dict().values()))
     seen = capture(monkeypatch, make("bremen.bc_newest_batch_only=false"), dataset)
     assert len(seen["bc_obs"]) == 500
 

@@ -86,6 +86,11 @@ def test_output_contract(reference):
     scalars = pd.read_csv(reference / "scalars.csv")           # the diagnostics, every deployment
     assert list(scalars.columns) == ["deployment", "phase", "step", "name", "value"]
     assert sorted(scalars["deployment"].unique()) == list(range(1, cfg["deployments"] + 1))
+    lengths = scalars.query("phase == 'eval' and name == 'episode_length_mean'")
+    assert lengths["deployment"].tolist() == metrics["deployment"].tolist()
+    assert (lengths["value"] == cfg["max_episode_steps"]).all()  # HalfCheetah: every episode runs to the limit
+    gaps = scalars.query("phase == 'bc' and name == 'handoff_gap'")  # none at deployment 1: B(1) is random
+    assert gaps["deployment"].tolist() == list(range(2, cfg["deployments"] + 1)) and (gaps["value"] > 0).all()
     provenance = json.loads((reference / "provenance.json").read_text())
     assert provenance["seed"] == 3 and provenance["device"] == "cpu" and provenance["packages"]["torch"]
     assert {"git_commit", "start_time", "end_time"} <= set(provenance)

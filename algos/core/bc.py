@@ -60,6 +60,15 @@ def random_action_loss(act_dim: int, mean_weight: float, min_std: float = 0.0) -
     return 0.5 * float(mean_weight) * int(act_dim) * (1.0 / 3.0 + float(min_std) ** 2)
 
 
+@torch.no_grad()
+def handoff_gap(previous: GaussianPolicy, clone: GaussianPolicy, states) -> float:
+    """1/2 mean ||pi_clone(s) - pi_prev(s)||^2 over `states` (tanh means): how far the clone of
+    eq. 11 starts TRPO from the policy whose mean collected those states (B(i): the last
+    deployment's policy); 0 = the hand-off keeps the policy. Comparable to random_action_loss."""
+    obs = torch.as_tensor(np.asarray(states), dtype=torch.float32, device=clone.obs_mean.device)
+    return float(0.5 * (clone.mean_action(obs) - previous.mean_action(obs)).pow(2).sum(-1).mean())
+
+
 def bc_parameters(policy: GaussianPolicy) -> list[torch.nn.Parameter]:
     """What behaviour cloning trains: every parameter with a state-dependent log-std head, else
     the mean network."""
@@ -105,13 +114,15 @@ def _tensors(data: dict, weights, device) -> tuple[torch.Tensor, torch.Tensor, t
 
 def weighted_bc(policy: GaussianPolicy, train: dict, weights, *, lr: float, batch_size: int,
                 generator: torch.Generator | None, steps: int | None = None, holdout: dict | None = None,
-                holdout_weights=None, stopping: StoppingRule | None = None, scalars=None) -> dict:
+                holdout_weights=None, stopping: StoppingRule | None = None, scalars=None,
+                handoff: tuple | None = None) -> dict:
     """Fit the policy mean to train["obs"], train["act"] by eq. 11 with weights [n] (None: 1).
 
     steps: that many Adam steps (BREMEN), no validation. Otherwise epochs under `stopping`,
     validated on `holdout` (the training data when None or empty), best weights restored.
     Records `bc_loss` (phase "bc", step = pass over the data), with a holdout `holdout_loss`, and
-    once `random_action_loss` (step 0), the loss of cloning uniform-random actions on the same data."""
+    once `random_action_loss` (step 0), the loss of cloning uniform-random actions on the same data,
+    and with handoff = (previous policy, states) its `handoff_gap` to the clone (step 0)."""
     if (steps is None) == (stopping is None):
         raise ValueError("weighted_bc needs exactly one of steps (fixed schedule) or stopping (early stopping)")
     device = policy.obs_mean.device
@@ -134,9 +145,9 @@ def weighted_bc(policy: GaussianPolicy, train: dict, weights, *, lr: float, batc
     if loop.finished:
         return loop.result
     if loop.saved is not None:
-        taken, epoch, train_loss, val_losses, best = _load_bc(loop.saved, optimizer, state)
+        taken, epoch, train_loss, val_losses, best = _load_bc(loop.saved, optimizer, state, handoff)
     while True:
-        loop.poll(epoch + 1, lambda: _bc_state(taken, epoch, train_loss, val_losses, best, optimizer, state))
+        loop.poll(epoch + 1, lambda: _bc_state(taken, epoch, train_loss, val_losses, best, optimizer, state, handoff))
         epoch += 1
         perm = torch.randperm(n, generator=generator, device=gen_device).to(device)
         total, count = torch.zeros((), device=device), 0
@@ -180,6 +191,8 @@ def weighted_bc(policy: GaussianPolicy, train: dict, weights, *, lr: float, batc
         scalars.add("bc", "steps", taken, 0)
         min_std = float(np.exp(policy.min_log_std)) if policy.state_dependent else 0.0
         scalars.add("bc", "random_action_loss", random_action_loss(policy.act_dim, float(w.mean()), min_std), 0)
+        if handoff is not None:  # inside the loop's result: a rerun that skips the finished loop keeps it
+            scalars.add("bc", "handoff_gap", handoff_gap(handoff[0], policy, handoff[1]), 0)
     return loop.done(dict(epochs=epoch, steps=taken, final_train_loss=train_loss, val_losses=val_losses,
                           best_val_loss=None if state is None else float(state.best[0]),
                           best_epoch=None if state is None else int(state.best_epoch[0]), n_train=n,
@@ -187,27 +200,33 @@ def weighted_bc(policy: GaussianPolicy, train: dict, weights, *, lr: float, batc
 
 
 def _bc_state(taken: int, epoch: int, train_loss: float, val_losses: list, best: list, optimizer,
-              state: EarlyStopping | None) -> dict:
-    """What cloning needs to go on after `epoch` passes (the policy's weights are the algorithm's)."""
+              state: EarlyStopping | None, handoff: tuple | None) -> dict:
+    """What cloning needs to go on after `epoch` passes (the policy's weights are the algorithm's;
+    the hand-off's previous policy is not: by the stop, the algorithm holds the clone in its place)."""
     return {"taken": taken, "epoch": epoch, "train_loss": train_loss, "val_losses": list(val_losses),
             "best": [b.clone() for b in best], "optimizer": optimizer.state_dict(),
-            "stopping": None if state is None else state.state_dict()}
+            "stopping": None if state is None else state.state_dict(),
+            "handoff_previous": None if handoff is None else handoff[0].state_dict()}
 
 
-def _load_bc(saved: dict, optimizer, state: EarlyStopping | None) -> tuple:
+def _load_bc(saved: dict, optimizer, state: EarlyStopping | None, handoff: tuple | None) -> tuple:
     optimizer.load_state_dict(saved["optimizer"])
     if state is not None:
         state.load_state_dict(saved["stopping"])
+    if handoff is not None and saved.get("handoff_previous") is not None:  # absent: saved before handoff_gap existed
+        handoff[0].load_state_dict(saved["handoff_previous"])
     return saved["taken"], saved["epoch"], saved["train_loss"], saved["val_losses"], saved["best"]
 
 
 def clone_policy(policy: GaussianPolicy, train: dict, cfg: dict, generator: torch.Generator, *,
                  all_obs, weighted: bool = False, holdout: dict | None = None, early_stopping: bool = False,
-                 scalars=None) -> dict:
+                 scalars=None, handoff: tuple | None = None) -> dict:
     """Behaviour cloning with the sizes of cfg["bc"]: the normaliser from `all_obs` (D_all's
     states, `bc.obs_normalizer`), then `bc.steps` steps (BREMEN) or, with `early_stopping`,
     epochs validated on `holdout` with patience `bc.patience` (MUSBO). weighted: eq. 11's
-    weights are the labels U-hat of train / holdout; otherwise 1."""
+    weights are the labels U-hat of train / holdout; otherwise 1. handoff: (the policy that
+    collected the newest batch, that batch's states), recorded as `handoff_gap`; None at deployment 1
+    (random actions collected B(1))."""
     b = cfg["bc"]
     set_bc_normalizer(policy, b["obs_normalizer"], train["obs"], all_obs, b["obs_var_floor"])
     weights = train["labels"] if weighted else None
@@ -215,6 +234,7 @@ def clone_policy(policy: GaussianPolicy, train: dict, cfg: dict, generator: torc
     if early_stopping:
         rule = StoppingRule(patience=b["patience"], max_epochs=b["max_epochs"], keep="best")
         return weighted_bc(policy, train, weights, lr=b["lr"], batch_size=b["batch_size"], generator=generator,
-                           holdout=holdout, holdout_weights=holdout_weights, stopping=rule, scalars=scalars)
+                           holdout=holdout, holdout_weights=holdout_weights, stopping=rule, scalars=scalars,
+                           handoff=handoff)
     return weighted_bc(policy, train, weights, lr=b["lr"], batch_size=b["batch_size"], generator=generator,
-                       steps=b["steps"], scalars=scalars)
+                       steps=b["steps"], scalars=scalars, handoff=handoff)
