@@ -1,4 +1,4 @@
-"""The GPU check of issue 15, run by bench/gpu_check.sh (< 8 min on an H100/H200-class GPU):
+"""The GPU check of issue 15, run by bench/gpu_check.sh (53 s on one H200):
 writes bench/results_cuda.json with
 
   rollouts          bench_rollouts at the real shapes (200 x 250, 50 x 1000): wall and dispatch us

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check of issue 15 (bench/gpu_check.py says what it measures): under 8 minutes on an
-# H100/H200-class GPU, writes bench/results_cuda.json. Needs torch (any recent CUDA build),
+# The GPU check of issue 15 (bench/gpu_check.py says what it measures): 53 s on one H200
+# (2026-12-04; the timeout below leaves room for slower GPUs), writes bench/results_cuda.json. Needs torch (any recent CUDA build),
 # numpy, pyyaml and tqdm; not gymnasium, MuJoCo or dm_control.
 #   bash bench/gpu_check.sh                                   # on the GPU machine
 #   bash bench/gpu_check.sh --device cpu --quick --out /tmp/r.json   # the same path on CPU, seconds
