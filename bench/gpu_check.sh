@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 15 (bench/gpu_check.py says what it measures): 53 s on one H200
-# (2026-12-04; the timeout below leaves room for slower GPUs), writes bench/results_cuda.json. Needs torch (any recent CUDA build),
-# numpy, pyyaml and tqdm; not gymnasium, MuJoCo or dm_control.
+# (2026-12-04; the timeout below leaves room for slower GPUs), writes bench/results_cuda.json.
+# Needs torch (any recent CUDA build), numpy, pyyaml and tqdm; not gymnasium, MuJoCo or dm_control.
 #   bash bench/gpu_check.sh                                   # on the GPU machine
 #   bash bench/gpu_check.sh --device cpu --quick --out /tmp/r.json   # the same path on CPU, seconds
 set -euo pipefail
