@@ -5,10 +5,8 @@ the NEWEST batch only, run TRPO in the ensemble (one member per step, KL bound t
 iterate, linear baseline), deploy mean + N(0, 0.1^2). Facts from ../shared/spec/BASELINES.md."""
 from __future__ import annotations
 
-import copy
-
 from algos.core.ensemble import DynamicsEnsemble
-from algos.core.bc import clone_policy
+from algos.core.bc import clone_policy, handoff_of
 from algos.core.model_trpo import make_policy, prediction_box, train_in_model
 from algos.core.scalars import Scalars
 from algos.core.seeding import rngs, stream_seed
@@ -41,7 +39,7 @@ class BREMEN:
         with timer("bc"):
             # Behaviour cloning of the newest batch B(i) only, from fresh weights (no weights: plain BC):
             # bc.steps Adam steps, no holdout; the normaliser from every batch cloned so far (= D_all).
-            handoff = (copy.deepcopy(self.policy), dataset.newest()["obs"]) if deployment > 1 else None
+            handoff = handoff_of(self.policy, dataset.newest()["obs"], deployment)
             if self.b["reinit_policy"]:
                 self.policy = make_policy(cfg, self.obs_dim, self.act_dim, self.device)
             newest = self.b["bc_newest_batch_only"]

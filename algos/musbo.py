@@ -6,14 +6,13 @@ Equations are those of ../shared/spec/MUSBO.md; config keys are in config/paper.
 .musbo and friends); docs/paper_to_code.md maps each to this file."""
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 import torch
 
 from algos.core.ensemble import DynamicsEnsemble
-from algos.core.bc import clone_policy
+from algos.core.bc import clone_policy, handoff_of
 from algos.core.model_trpo import make_policy, prediction_box, train_in_model
 from algos.core.scalars import Scalars
 from algos.core.seeding import rngs, stream_seed
@@ -125,7 +124,7 @@ class MUSBO:
         _, gen = rngs(seed, "bc", deployment, device=self.device)
         with timer("bc"):
             # Eq. 11: pi_init = argmin (1/|D|) sum 1/2 U(s, a) ||a - pi(s)||^2 (U kept from arrival).
-            handoff = (copy.deepcopy(self.policy), dataset.newest()["obs"]) if deployment > 1 else None
+            handoff = handoff_of(self.policy, dataset.newest()["obs"], deployment)
             if self.m["reinit_policy"]:
                 self.policy = make_policy(cfg, self.obs_dim, self.act_dim, self.device)
             # "same split and early stop" as eq. 8: the last 15 % of each batch, patience 3

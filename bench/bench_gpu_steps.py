@@ -22,13 +22,14 @@ import functools
 import json
 import sys
 from pathlib import Path
+from unittest import mock
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import torch  # noqa: E402
 
 from algos.config import resolve_run_config  # noqa: E402
-from algos.core import bc  # noqa: E402
+from algos.core.bc import weighted_bc  # noqa: E402
 from algos.core.model_trpo import make_policy  # noqa: E402
 from algos.core.sac import mixed_batch  # noqa: E402
 from bench_rollouts import _sync  # noqa: E402
@@ -52,13 +53,9 @@ def bc_ms(device: torch.device, steps: int, repeats: int, fused: bool) -> float:
     data = {"obs": torch.randn(20_000, OBS, generator=g).numpy(), "act": (torch.rand(20_000, ACT, generator=g) * 2 - 1).numpy()}
     gen = torch.Generator(device).manual_seed(0)
     adam = functools.partial(torch.optim.Adam, fused=True) if fused else torch.optim.Adam
-    original = bc.torch.optim.Adam
-    bc.torch.optim.Adam = adam  # the one difference between the two rows
-    try:
-        return best_ms(lambda: bc.weighted_bc(policy, data, None, lr=cfg["bc"]["lr"], batch_size=cfg["bc"]["batch_size"], generator=gen, steps=steps),
-                       steps, repeats, device)
-    finally:
-        bc.torch.optim.Adam = original
+    with mock.patch("torch.optim.Adam", adam):  # the one difference between the two rows
+        return best_ms(lambda: weighted_bc(policy, data, None, lr=cfg["bc"]["lr"], batch_size=cfg["bc"]["batch_size"],
+                                           generator=gen, steps=steps), steps, repeats, device)
 
 
 def sac_ms(device: torch.device, steps: int, repeats: int, sync: bool) -> float:
@@ -66,14 +63,7 @@ def sac_ms(device: torch.device, steps: int, repeats: int, sync: bool) -> float:
     real, model = _buffer(10_000, device, 1), _buffer(50_000, device, 2)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def step_without_readback(batch):
-        losses = sac.losses(batch)
-        sac.optimizer.zero_grad(set_to_none=True)
-        (losses["q_loss"] + losses["policy_loss"] + losses["alpha_loss"]).backward()
-        sac.optimizer.step()
-        sac.soft_update_targets()
-
-    step = sac.update if sync else step_without_readback
+    step = sac.update if sync else lambda batch: sac.step(sac.losses(batch))
 
     def loop():
         for _ in range(steps):

@@ -25,6 +25,8 @@ What is trained depends on the policy's log-std regime (algos/core/policy.py):
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -67,6 +69,12 @@ def handoff_gap(previous: GaussianPolicy, clone: GaussianPolicy, states) -> floa
     deployment's policy); 0 = the hand-off keeps the policy. Comparable to random_action_loss."""
     obs = torch.as_tensor(np.asarray(states), dtype=torch.float32, device=clone.obs_mean.device)
     return float(0.5 * (clone.mean_action(obs) - previous.mean_action(obs)).pow(2).sum(-1).mean())
+
+
+def handoff_of(previous: GaussianPolicy, newest_states, deployment: int) -> tuple | None:
+    """clone_policy's `handoff`: a copy of the policy that collected the newest batch, and that
+    batch's states; None at deployment 1 (random actions collected B(1))."""
+    return (copy.deepcopy(previous), newest_states) if deployment > 1 else None
 
 
 def bc_parameters(policy: GaussianPolicy) -> list[torch.nn.Parameter]:
@@ -224,9 +232,8 @@ def clone_policy(policy: GaussianPolicy, train: dict, cfg: dict, generator: torc
     """Behaviour cloning with the sizes of cfg["bc"]: the normaliser from `all_obs` (D_all's
     states, `bc.obs_normalizer`), then `bc.steps` steps (BREMEN) or, with `early_stopping`,
     epochs validated on `holdout` with patience `bc.patience` (MUSBO). weighted: eq. 11's
-    weights are the labels U-hat of train / holdout; otherwise 1. handoff: (the policy that
-    collected the newest batch, that batch's states), recorded as `handoff_gap`; None at deployment 1
-    (random actions collected B(1))."""
+    weights are the labels U-hat of train / holdout; otherwise 1. handoff (`handoff_of`): the
+    policy that collected the newest batch and that batch's states, recorded as `handoff_gap`."""
     b = cfg["bc"]
     set_bc_normalizer(policy, b["obs_normalizer"], train["obs"], all_obs, b["obs_var_floor"])
     weights = train["labels"] if weighted else None

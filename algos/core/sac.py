@@ -198,12 +198,16 @@ class SAC:
             raise FloatingPointError(
                 f"SAC update {self.updates}: non-finite loss in phase=policy ({values}); "
                 "check the batch (model rollouts) for NaN/inf or exploding rewards")
+        self.step(losses)
+        return {**values, "alpha": alpha}
+
+    def step(self, losses: dict[str, torch.Tensor]) -> None:
+        """The step of `update` from its losses, nothing read back: one backward, Adam, Polyak."""
         self.optimizer.zero_grad(set_to_none=True)
         (losses["q_loss"] + losses["policy_loss"] + losses["alpha_loss"]).backward()
         self.optimizer.step()
         self.soft_update_targets()
         self.updates += 1
-        return {**values, "alpha": alpha}
 
     @torch.no_grad()
     def soft_update_targets(self) -> None:
